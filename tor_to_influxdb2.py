@@ -159,13 +159,13 @@ def parse_tor_host(entry: str) -> TorHost:
         rest = rest[1:]
     else:
         address, sep, rest = entry.partition(":")
+        if _looks_like_bare_ipv6(entry):
+            raise ValueError("an IPv6 address must be written in brackets, e.g. [::1]:9051:NAME")
         if not address:
             raise ValueError("the host is empty")
         if not sep:
             raise ValueError("expected HOST:PORT:NAME or HOST:PORT:PASSWORD:NAME")
         if not _is_ipv4(address) and not HOSTNAME_RE.match(address):
-            if _looks_like_bare_ipv6(entry):
-                raise ValueError("an IPv6 address must be written in brackets, e.g. [::1]:9051:NAME")
             raise ValueError(f"host {address!r} is neither an IPv4 address nor a DNS name")
 
     port_text, sep, rest = rest.partition(":")
@@ -185,8 +185,17 @@ def _is_ipv4(text: str) -> bool:
 
 
 def _looks_like_bare_ipv6(entry: str) -> bool:
-    head = entry.split(":")
-    return entry.startswith("::") or (len(head) > 4 and all(re.fullmatch(r"[0-9A-Fa-f]{0,4}", h) for h in head[:3]))
+    """True for an IPv6 address written without brackets (its second field is then no port)."""
+    parts = entry.split(":")
+    if len(parts) > 1 and parts[1].strip().isdigit():
+        return False
+    for k in range(3, len(parts)):
+        try:
+            ipaddress.IPv6Address(":".join(parts[:k]))
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def _parse_port(text: str) -> int:

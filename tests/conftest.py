@@ -9,10 +9,6 @@ import pytest
 from support import Tor, VictoriaMetrics
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "tornet: needs the private Tor network on 127.0.0.1 (slow)")
-    config.addinivalue_line("markers", "docker: needs a Docker engine (started by the tests as root)")
-
 
 @pytest.fixture(scope="session")
 def victoria(tmp_path_factory):

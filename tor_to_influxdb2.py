@@ -516,6 +516,11 @@ class TorConnection:
                 raise PollError(_short(reason)) from None
             except stem.connection.AuthenticationFailure as exc:
                 self._drop()
+                reason = str(exc)
+                if "timed out" in reason or time.monotonic() >= deadline:
+                    raise PollError(f"no answer within {self.timeout:g} s") from None
+                if reason.startswith("socket connection failed"):  # closed during PROTOCOLINFO
+                    raise PollError(f"connection closed: {_short(reason)}") from None
                 raise PollError(f"authentication failed: {_short(exc)}") from None
             except stem.ProtocolError as exc:
                 self._drop()

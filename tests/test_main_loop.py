@@ -1,0 +1,210 @@
+"""Section 6, main loop: the schedule, and the whole daemon against real tor and VictoriaMetrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tor_to_influxdb2 as t2i
+from support import Daemon, run_daemon, wait_for
+
+
+class FakeClock:
+    def __init__(self, now=500.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+def test_schedule_is_fixed_rate_without_drift():
+    clock = FakeClock()
+    schedule = t2i.Schedule(10, clock)
+    ticks = []
+    for work in (0.3, 2.5, 0.01, 9.9, 1.0):
+        clock.now += work           # the cycle's work
+        clock.now += schedule.next_delay()
+        ticks.append(clock.now)
+    assert ticks == [510, 520, 530, 540, 550]
+
+
+def test_overrun_skips_ticks_instead_of_bursting():
+    clock = FakeClock()
+    schedule = t2i.Schedule(10, clock)
+    clock.now += 25                 # a cycle that took 2.5 periods
+    delay = schedule.next_delay()
+    assert clock.now + delay == 530 and schedule.skipped == 2
+    clock.now += delay + 1
+    assert clock.now + schedule.next_delay() == 540
+
+
+# -------------------------------------------------------------------------- whole daemon
+
+def daemon_env(tmp_path, victoria, tor_hosts, **extra):
+    env = {"TOR_HOSTS": tor_hosts, "INFLUX_URL": victoria.url, "INFLUX_ORGANIZATION": "org",
+           "INFLUX_BUCKET": "bucket", "INFLUX_TOKEN": "sekret-token-42", "RUN_EVERY_SECONDS": "1",
+           "TOR_TIMEOUT": "0.8", "VERBOSE": "true", "HEALTHCHECK_FILE": str(tmp_path / "health")}
+    env.update(extra)
+    return env
+
+
+def test_values_written_equal_what_tor_answered(tmp_path, victoria, make_tor):
+    tor = make_tor(auth="password")
+    before = time.time() * 1000
+    daemon = Daemon(daemon_env(tmp_path, victoria, tor.entry("e2e-equal"))).start()
+    try:
+        daemon.wait_for_line(r"cycle 3 done")
+    finally:
+        assert daemon.stop() == 0
+    after = time.time() * 1000
+    with tor.controller() as c:
+        version = c.get_info("version").split()[0]
+        expected = {
+            "traffic_read": int(c.get_info("traffic/read")), "traffic_written": int(c.get_info("traffic/written")),
+            "handshakes_ntor_requested": int(c.get_info("stats/ntor/requested")),
+            "handshakes_ntor_assigned": int(c.get_info("stats/ntor/assigned")),
+            "handshakes_tap_requested": int(c.get_info("stats/tap/requested")),
+            "handshakes_tap_assigned": int(c.get_info("stats/tap/assigned")),
+            "connections_circuits_active": len(c.get_info("circuit-status").splitlines()),
+            "connections_streams_active": len(c.get_info("stream-status").splitlines()),
+        }
+    labels = {"host": "e2e-equal", "service": "tor", "version": version}
+    for metric, value in expected.items():
+        samples = wait_for(lambda: len(s := victoria.samples(metric, **labels)) >= 3 and s, 10,
+                           what=f"3 samples of {metric}")
+        assert all(v == value for _, v in samples), (metric, samples)
+        stamps = [ts for ts, _ in samples]
+        assert all(before <= ts <= after for ts in stamps) and len(set(stamps)) == len(stamps)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert all(800 <= g <= 1300 for g in gaps), gaps  # one poll per period, collected-time stamps
+
+
+def test_every_address_form_in_one_daemon(tmp_path, victoria, make_tor):
+    tcp = make_tor(auth="password")
+    cookie = make_tor(auth="cookie")
+    v6 = make_tor(auth="password", control="tcp6")
+    unix = make_tor(auth="cookie", control="unix")
+    entries = [tcp.entry("form-v4"), cookie.entry("form-localhost", host="localhost"), v6.entry("form-v6"),
+               unix.entry("form-unix")]
+    daemon = Daemon(daemon_env(tmp_path, victoria, ",".join(entries))).start()
+    try:
+        daemon.wait_for_line(r"cycle 2 done in [\d.]+ s: 4/4 hosts ok")
+        assert (tmp_path / "health").read_text().startswith("OK ")
+    finally:
+        assert daemon.stop() == 0
+    for name in ("form-v4", "form-localhost", "form-v6", "form-unix"):
+        wait_for(lambda: victoria.samples("traffic_read", host=name), 10, what=f"points of {name}")
+
+
+def test_down_host_fails_health_and_recovers(tmp_path, victoria, make_tor):
+    tor = make_tor(auth="password")
+    other = make_tor(auth="none")
+    env = daemon_env(tmp_path, victoria, f"{tor.entry('flappy')},{other.entry('steady')}")
+    daemon = Daemon(env).start()
+    health = tmp_path / "health"
+    try:
+        daemon.wait_for_line(r"2/2 hosts ok")
+        tor.stop()
+        wait_for(lambda: health.read_text().startswith("FAILED") and "host flappy" in health.read_text(), 5,
+                 what="FAILED naming flappy")
+        cycles = len(daemon.wait_for_line(r"cycle \d+ done"))
+        daemon.wait_for_line(r"1/2 hosts ok", count=2)
+        tor.start()
+        restarted = time.monotonic()
+        daemon.wait_for_line(r"flappy: polled again")
+        assert time.monotonic() - restarted < 2.5  # within about one period of being back
+        wait_for(lambda: health.read_text().startswith("OK"), 3, what="OK again")
+        assert len(daemon.wait_for_line(r"cycle \d+ done")) > cycles
+    finally:
+        assert daemon.stop() == 0
+    steady = victoria.samples("traffic_read", host="steady")
+    gaps = [b - a for (a, _), (b, _) in zip(steady, steady[1:])]
+    assert gaps and max(gaps) < 1500  # the other host never missed a cycle
+
+
+def test_sigterm_and_sigint_stop_within_two_seconds(tmp_path, victoria, make_tor):
+    tor = make_tor(auth="password")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon = Daemon(daemon_env(tmp_path, victoria, tor.entry("stopper"), RUN_EVERY_SECONDS="5",
+                                   TOR_TIMEOUT="4")).start()
+        daemon.wait_for_line(r"cycle 1 done")
+        started = time.monotonic()
+        assert daemon.stop(sig) == 0
+        assert time.monotonic() - started < 2
+        assert "stopping" in daemon.output and "Traceback" not in daemon.output
+        assert (tmp_path / "health").read_text().startswith("FAILED")
+
+
+def test_logs_have_time_and_level_and_never_secrets(tmp_path, victoria, make_tor):
+    tor = make_tor(auth="password", password="pass:with:colons-XYZ")
+    env = daemon_env(tmp_path, victoria, tor.entry("secretive") + ",127.0.0.1:1:wrong-pw-ABC:refused")
+    daemon = Daemon(env).start()
+    try:
+        daemon.wait_for_line(r"cycle 2 done")
+    finally:
+        daemon.stop()
+    out = daemon.output
+    for secret in ("pass:with:colons-XYZ", "wrong-pw-ABC", "sekret-token-42"):
+        assert secret not in out
+    assert "secretive at 127.0.0.1" in out and "password ****" in out
+    assert "refused (127.0.0.1:1): Connection refused" in out
+    for line in out.splitlines():
+        assert __import__("re").match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (DEBUG|INFO|WARNING|ERROR) ", line), line
+
+
+def test_secret_filter_masks_whatever_slips_through(capsys):
+    import io
+    import logging
+    stream = io.StringIO()
+    t2i.setup_logging(True, ["hunter2-pass", "tok-123"], stream=stream)
+    t2i.LOG.error("oops %s and %s", "hunter2-pass", "tok-123")
+    logging.getLogger("stem").error("Sent to tor: AUTHENTICATE \"hunter2-pass\"")
+    assert "hunter2-pass" not in stream.getvalue() and "tok-123" not in stream.getvalue()
+    assert stream.getvalue().count("****") == 3
+
+
+def test_unwritable_health_file_is_a_clear_error(tmp_path, victoria):
+    env = daemon_env(tmp_path, victoria, "127.0.0.1:1:x", HEALTHCHECK_FILE="/nonexistent-dir/health")
+    r = run_daemon(env, timeout=20)
+    assert r.returncode == 2
+    assert "HEALTHCHECK_FILE: cannot write /nonexistent-dir/health" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_test_mode_needs_only_tor_hosts_and_prints_no_password(make_tor):
+    tor = make_tor(auth="password", password="do-not-print-me")
+    r = run_daemon({"TOR_HOSTS": tor.entry("rpi3")}, "-t")
+    assert r.returncode == 0, r.stderr
+    for title in ("Stats for host", "Tags:", "Traffic measurement:", "Connections measurement:",
+                  "Handshakes measurement:"):
+        assert title in r.stdout
+    assert "do-not-print-me" not in r.stdout + r.stderr
+
+
+def test_test_mode_reports_a_dead_host_and_exits_1():
+    r = run_daemon({"TOR_HOSTS": "127.0.0.1:1:dead"}, "-t")
+    assert r.returncode == 1 and "dead" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_runs_on_other_pythons(version, make_tor, tmp_path):
+    """The image uses 3.13; the daemon must run unchanged on 3.11 to 3.13 (pyenv here has them)."""
+    candidates = sorted(Path(os.path.expanduser("~/.pyenv/versions")).glob(f"{version}.*/bin/python"))
+    if not candidates:
+        pytest.skip(f"no Python {version} on this machine")
+    venv = Path(os.environ.get("T2I_VENV_ROOT", tmp_path)) / f"venv{version}"
+    if not (venv / "bin/python").exists():
+        import subprocess
+        subprocess.run([str(candidates[-1]), "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "-r",
+                        str(Path(__file__).parent.parent / "requirements.txt")], check=True)
+    tor = make_tor(auth="password")
+    r = run_daemon({"TOR_HOSTS": tor.entry("py" + version)}, "-t", python=str(venv / "bin/python"))
+    assert r.returncode == 0 and "Traffic measurement:" in r.stdout, r.stderr

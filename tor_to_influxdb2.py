@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import email.utils
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -826,7 +827,7 @@ class MemoryBuffer:
         with self._lock:
             if not self._items:
                 return None
-            items = [self._items[i] for i in range(min(limit, len(self._items)))]
+            items = list(itertools.islice(self._items, limit))
         return Batch([i for i, _, _ in items], [line for _, _, line in items], min(ts for _, ts, _ in items))
 
     def remove(self, ids: list[int]) -> None:
@@ -845,7 +846,7 @@ class MemoryBuffer:
 
     def oldest_ms(self) -> int | None:
         with self._lock:
-            return min((ts for _, ts, _ in self._items), default=None) if self._items else None
+            return self._items[0][1] if self._items else None
 
     def close(self) -> None:
         pass
@@ -910,8 +911,7 @@ class SqliteBuffer:
 
     def oldest_ms(self) -> int | None:
         with self._lock:
-            row = self._db.execute("SELECT min(ts_ms) FROM (SELECT ts_ms FROM points ORDER BY id LIMIT 1000)"
-                                   ).fetchone()
+            row = self._db.execute("SELECT ts_ms FROM points ORDER BY id LIMIT 1").fetchone()
         return row[0] if row else None
 
     def close(self) -> None:
@@ -957,7 +957,7 @@ class InfluxWriter:
 
     def write(self, lines: list[str], timeout: float | None = None) -> None:
         self.requests += 1
-        kwargs = {"_request_timeout": timeout} if timeout else {}
+        kwargs = {"_request_timeout": (timeout / 2, timeout / 2)} if timeout else {}
         try:
             self.api.write(bucket=self.bucket, org=self.org, record=lines,
                            write_precision=WritePrecision.MS, **kwargs)
@@ -1082,7 +1082,12 @@ class Delivery:
                 self.wake.clear()
                 if self.stop_event.is_set() or self.retry_at > self.clock():
                     continue
-            self.deliver_once()
+            try:
+                self.deliver_once()
+            except Exception as exc:  # e.g. the disk under BUFFER_DIR failing: keep the thread alive
+                LOG.error("writer: unexpected error: %s; retrying in 5 s", _short(exc))
+                LOG.debug("writer: unexpected error", exc_info=True)
+                self.retry_at = self.clock() + 5
 
     def deliver_once(self, timeout: float | None = None) -> bool:
         """Send one batch from the head of the buffer. True when it (or part of it) was delivered."""
@@ -1102,12 +1107,10 @@ class Delivery:
         if self.failing_since is not None:
             LOG.info("InfluxDB accepts writes again after %.0f s", self.clock() - self.failing_since)
         self.failing_since, self.last_error, self.backoff, self.retry_at = None, None, 0.0, 0.0
-        if self.batch_lines < MAX_LINES_PER_REQUEST and len(batch.ids) == self.batch_lines:
-            self.batch_lines = min(MAX_LINES_PER_REQUEST, self.batch_lines * 2)
 
     def _failed(self, batch: Batch, failure: WriteFailure, timeout: float | None) -> bool:
         now = self.clock()
-        if failure.kind == "bad_data":
+        if failure.kind == "bad_data" or (failure.kind == "too_large" and len(batch.ids) == 1):
             return self._split(batch, failure, timeout)
         if failure.kind == "too_large" and len(batch.ids) > 1:
             self.batch_lines = max(1, len(batch.ids) // 2)
@@ -1395,8 +1398,9 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         stop.set()
         poller.close()
         delivery.finish(budget=1.5)
-        writer.close()
-        buffer.close()
+        if not delivery.thread.is_alive():  # a writer stuck in a request keeps its handles
+            writer.close()
+            buffer.close()
         try:
             health.write(False, "stopped")
         except OSError:

@@ -320,3 +320,105 @@ def test_retry_after_forms():
     assert t2i.parse_retry_after("7") == 7
     assert t2i.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=lambda: 1445412470) == 10
     assert t2i.parse_retry_after("soon") is None and t2i.parse_retry_after(None) is None
+
+
+# ------------------------------------------------------------- the whole daemon, end to end
+
+def daemon_env(tmp_path, url, tor_hosts, **extra):
+    env = {"TOR_HOSTS": tor_hosts, "INFLUX_URL": url, "INFLUX_ORGANIZATION": "test-org",
+           "INFLUX_BUCKET": "test-bucket", "INFLUX_TOKEN": TOKEN, "RUN_EVERY_SECONDS": "1",
+           "TOR_TIMEOUT": "0.8", "INFLUX_TIMEOUT": "2", "VERBOSE": "true",
+           "HEALTHCHECK_FILE": str(tmp_path / "health"), "BUFFER_DIR": str(tmp_path / "buffer")}
+    env.update(extra)
+    return env
+
+
+def assert_no_gap(samples, period_ms=1000, allowed=()):
+    """Consecutive timestamps are one period apart, except inside the `allowed` (start, end) ms windows."""
+    stamps = [ts for ts, _ in samples]
+    for a, b in zip(stamps, stamps[1:]):
+        if b - a > 1.6 * period_ms and not any(lo - 1600 <= a and b <= hi + 1600 for lo, hi in allowed):
+            raise AssertionError(f"gap of {b - a} ms between {a} and {b} in {stamps}")
+
+
+@pytest.fixture
+def own_victoria(tmp_path):
+    from support import VictoriaMetrics
+    vm = VictoriaMetrics(tmp_path / "vm").start()
+    yield vm
+    vm.stop()
+
+
+def test_victoriametrics_down_for_30_s_leaves_no_gap(tmp_path, own_victoria, make_tor):
+    tor = make_tor(auth="password")
+    daemon = Daemon(daemon_env(tmp_path, own_victoria.url, tor.entry("outage30"))).start()
+    health = tmp_path / "health"
+    try:
+        daemon.wait_for_line(r"cycle 3 done")
+        own_victoria.stop()
+        down_at = len(daemon.wait_for_line(r"cycle \d+ done"))
+        wait_for(lambda: "points waiting for InfluxDB" in health.read_text(), 8, what="FAILED for the backlog")
+        assert health.read_text().startswith("FAILED")
+        daemon.wait_for_line(r"cycle \d+ done", timeout=40, count=down_at + 30)  # 30 s of outage
+        own_victoria.start()
+        wait_for(lambda: health.read_text().startswith("OK"), 75, what="healthy again after the outage")
+        assert "InfluxDB accepts writes again" in daemon.output
+    finally:
+        assert daemon.stop() == 0
+    samples = wait_for(lambda: (s := own_victoria.samples("traffic_read", host="outage30")) and len(s) >= 35 and s,
+                       10, what="all samples")
+    assert_no_gap(samples)
+
+
+def test_kill_9_during_an_outage_loses_only_the_seconds_it_was_down(tmp_path, own_victoria, make_tor):
+    tor = make_tor(auth="password")
+    env = daemon_env(tmp_path, own_victoria.url, tor.entry("killed"))
+    first = Daemon(env).start()
+    first.wait_for_line(r"cycle 2 done")
+    own_victoria.stop()
+    first.wait_for_line(r"cycle 6 done")
+    killed_at = time.time() * 1000
+    first.stop(signal.SIGKILL)
+    second = Daemon(env).start()
+    try:
+        second.wait_for_line(r"\((\d+) points waiting from before\)")
+        restarted_at = time.time() * 1000
+        assert not second.wait_for_line(r"\((\d+) points waiting from before\)")[0].group(1) == "0"
+        second.wait_for_line(r"cycle 3 done")
+        own_victoria.start()
+        wait_for(lambda: (tmp_path / "health").read_text().startswith("OK"), 75, what="recovery")
+    finally:
+        assert second.stop() == 0
+    samples = wait_for(lambda: (s := own_victoria.samples("traffic_read", host="killed")) and len(s) >= 9 and s,
+                       10, what="all samples")
+    assert_no_gap(samples, allowed=[(killed_at, restarted_at)])
+    assert samples[0][0] < killed_at - 4000  # points from before the kill are there
+
+
+def test_sigterm_keeps_undelivered_points_for_the_next_start(tmp_path, standin, make_tor):
+    tor = make_tor(auth="password")
+    env = daemon_env(tmp_path, standin.url, tor.entry("kept"), INFLUX_TIMEOUT="10")
+    standin.hang()
+    daemon = Daemon(env).start()
+    daemon.wait_for_line(r"cycle 3 done")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 2.5
+    assert "points not delivered: kept in BUFFER_DIR" in daemon.output
+    kept = len(t2i.SqliteBuffer(str(tmp_path / "buffer"), 10**6))
+    assert kept >= 9
+    standin.answer(204)
+    standin.clear()
+    daemon = Daemon(env).start()
+    try:
+        standin.wait_for_lines(kept + 3, timeout=10)
+    finally:
+        assert daemon.stop() == 0
+    stamps = sorted({int(line.rsplit(" ", 1)[1]) for line in standin.accepted_lines() if "traffic," in line})
+    assert len(stamps) >= kept // 3 + 1
+
+
+def test_test_mode_has_no_buffer(tmp_path, make_tor):
+    tor = make_tor(auth="none")
+    r = run_daemon({"TOR_HOSTS": tor.entry("t"), "BUFFER_DIR": str(tmp_path / "buf")}, "-t")
+    assert r.returncode == 0 and not (tmp_path / "buf").exists()

@@ -421,6 +421,7 @@ class _DeadlineSocket:
 
     deadline = 0.0
     raw = None  # the last socket made, so another thread can shut it down
+    aborted = False  # set by abort(): stem must not reconnect by itself after it
 
     def set_deadline(self, deadline: float) -> None:
         self.deadline = deadline
@@ -428,6 +429,8 @@ class _DeadlineSocket:
             self.raw.settimeout(self.remaining())
 
     def remaining(self) -> float:
+        if self.aborted:
+            raise stem.SocketError("timed out")
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise stem.SocketError("timed out")
@@ -435,6 +438,7 @@ class _DeadlineSocket:
 
     def abort(self) -> None:
         """Unblock a reader in another thread at once (used when a poll overstays its deadline)."""
+        self.aborted = True
         raw = self.raw
         if raw is not None:
             try:
@@ -542,6 +546,7 @@ class TorConnection:
             self.connects += 1
             stem.connection.authenticate(self._sock, password=self.host.password)
         else:
+            self._sock.aborted = False
             self._sock.set_deadline(deadline)
         while True:
             self._sock.set_deadline(deadline)

@@ -596,10 +596,14 @@ class TorConnection:
             sock.abort()
             sock.close()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.5) -> None:
+        """Close the connection; a poll still stuck (e.g. in a DNS lookup) is left to end by itself."""
         self.abort()
-        with self._lock:
-            self._drop()
+        if self._lock.acquire(timeout=timeout):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
 
 
 def _short(exc: object, limit: int = 200) -> str:
@@ -725,12 +729,14 @@ class Poller:
             state.logged_at = now
         state.last_error = error
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.5) -> None:
+        """Abort every poll in flight and close every connection, within about `timeout` seconds."""
         for state in self.states:
             state.conn.abort()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
         for state in self.states:
-            state.conn.close()
+            state.conn.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 # =============================================================================================
@@ -1445,7 +1451,17 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return run(settings, stop)
+    status = run(settings, stop)
+    # A poll stuck where nothing can interrupt it (a DNS lookup) would make the interpreter wait for
+    # its thread at exit: leave at once instead, everything that matters is closed or on disk.
+    stuck = [t for t in threading.enumerate() if t.name.startswith("poll") and t.is_alive()]
+    for thread in stuck:
+        thread.join(0.2)
+    if any(t.is_alive() for t in stuck):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

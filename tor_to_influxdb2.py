@@ -436,6 +436,13 @@ class _DeadlineSocket:
             raise stem.SocketError("timed out")
         return left
 
+    def _connect(self) -> None:
+        # stem wraps the socket in makefile('rwb') with two 8 KiB buffers; replies are a few hundred
+        # bytes, and at 1,000 kept-open tors those buffers alone would be 16 MB of the daemon's memory.
+        old, self._socket_file = self._socket_file, self._socket.makefile(mode="rwb", buffering=1024)
+        old.close()
+        super()._connect()
+
     def abort(self) -> None:
         """Unblock a reader in another thread at once (used when a poll overstays its deadline)."""
         self.aborted = True
@@ -669,29 +676,33 @@ class Poller:
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=0.1)
             for future in done:
-                results[running[future]] = future.result()
+                results[running[future]] = self._outcome(future, running[future], stop)
             now = time.monotonic()
+            if stop.is_set() or now >= budget_end:  # cancel the queued first, then cut the running
+                for future in pending:
+                    future.cancel()
             for future in pending:
                 state = self.states[running[future]]
                 overdue = state.started and now > state.started + self.timeout + 0.2
-                if stop.is_set() or now >= budget_end or overdue:
-                    if not future.cancel():
-                        state.conn.abort()
+                if (stop.is_set() or now >= budget_end or overdue) and not future.done():
+                    state.conn.abort()
             if stop.is_set() or now >= budget_end + 0.5:
                 break
         for future in pending:
-            index = running[future]
-            if future.cancelled():
-                self.states[index].busy = False
-                reason = "stopping" if stop.is_set() else "not polled: cycle ran out of time"
-                results[index] = PollResult(self.states[index].conn.host, error=reason)
-            elif future.done():
-                results[index] = future.result()
-            else:
-                results[index] = PollResult(self.states[index].conn.host, error="no answer, abandoned")
+            results[running[future]] = self._outcome(future, running[future], stop)
         for index, state in enumerate(self.states):
             self._account(state, results[index])
         return [results[i] for i in range(len(self.states))]
+
+    def _outcome(self, future: concurrent.futures.Future, index: int, stop: threading.Event) -> PollResult:
+        state = self.states[index]
+        if future.cancelled():  # never started: the cycle ran out of time before its turn
+            state.busy = False
+            reason = "stopping" if stop.is_set() else "not polled: the cycle ran out of time"
+            return PollResult(state.conn.host, error=reason)
+        if future.done():
+            return future.result()
+        return PollResult(state.conn.host, error="no answer, abandoned")
 
     def _run(self, state: HostState) -> PollResult:
         state.started = time.monotonic()

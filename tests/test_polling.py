@@ -362,3 +362,21 @@ def test_no_leak_when_hosts_time_out_every_cycle(proxy_factory):
         _run_cycles(poller, 60, check)
     finally:
         poller.close()
+
+
+def test_polls_that_never_started_are_reported_not_crashed(make_tor, proxy_factory):
+    """More hosts than workers and a budget that ends before the queue does: the rest are reported."""
+    silent = proxy_factory(mode="silent")
+    tor = make_tor(auth="none")
+    hosts = [t2i.TorHost(f"silent{i}", "127.0.0.1", silent.port) for i in range(3)] + [host_for(tor, "late")]
+    poller = t2i.Poller(hosts, timeout=1.0, period=2)
+    poller.pool.shutdown()
+    poller.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(2)  # fewer workers than hosts
+    try:
+        results = poller.poll_all(threading.Event(), budget=0.3)
+        assert [r.error for r in results[2:]] == ["not polled: the cycle ran out of time"] * 2
+        assert not any(s.busy for s in poller.states[2:])
+        results = poller.poll_all(threading.Event(), budget=5)  # the host left out is polled next time
+        assert results[3].stats is not None
+    finally:
+        poller.close()

@@ -531,8 +531,8 @@ class TorConnection:
                 reason = str(exc)
                 if "timed out" in reason or time.monotonic() >= deadline:
                     raise PollError(f"no answer within {self.timeout:g} s") from None
-                if reason.startswith("socket connection failed"):  # closed during PROTOCOLINFO
-                    raise PollError(f"connection closed: {_short(reason)}") from None
+                if reason.startswith("socket connection failed") or _socket_trouble(exc):
+                    raise PollError(f"connection lost during authentication: {_short(reason)}") from None
                 raise PollError(f"authentication failed: {_short(exc)}") from None
             except stem.ProtocolError as exc:
                 self._drop()
@@ -611,6 +611,16 @@ class TorConnection:
                 self._drop()
             finally:
                 self._lock.release()
+
+
+def _socket_trouble(exc: BaseException) -> bool:
+    """True when stem's authentication error was caused by the connection, not by the credentials."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, stem.SocketError):
+            return True
+        seen = seen.__context__
+    return False
 
 
 def _short(exc: object, limit: int = 200) -> str:

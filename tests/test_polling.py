@@ -216,7 +216,8 @@ def test_unknown_key_is_dropped_with_one_warning(make_tor, proxy_factory, caplog
     tor = make_tor(auth="none")
     proxy = proxy_factory(tor.port)
     conn = t2i.TorConnection(t2i.TorHost("t", "127.0.0.1", proxy.port), timeout=5)
-    conn.keys.append("stats/no/such/key")  # real tor answers 552 Unrecognized key
+    conn.keys += ("stats/no/such/key",)  # real tor answers 552 Unrecognized key
+    conn.command = "GETINFO " + " ".join(conn.keys)
     try:
         with caplog.at_level("WARNING", logger="tor2influxdb2"):
             first, second = conn.poll(), conn.poll()

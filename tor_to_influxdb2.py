@@ -1236,14 +1236,16 @@ class HealthFile:
         else:
             reason = " ".join(reason.split()).replace("OK", "ok")[:500]
             content = f"FAILED {now} {reason}\n"
-        directory = os.path.dirname(os.path.abspath(self.path))
+        # Through a link (the image's /healthcheck -> /tmp/healthcheck) the file that is replaced
+        # is the link's target, next to which the temp file must be made.
+        target = os.path.realpath(self.path)
         with self._lock:
-            fd, tmp = tempfile.mkstemp(prefix=".health-", dir=directory)
+            fd, tmp = tempfile.mkstemp(prefix=".health-", dir=os.path.dirname(target))
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(content)
                 os.chmod(tmp, 0o644)
-                os.replace(tmp, self.path)
+                os.replace(tmp, target)
             except BaseException:
                 try:
                     os.unlink(tmp)

@@ -94,3 +94,15 @@ def test_verdict_names_failed_hosts_and_old_backlog():
     assert not healthy
     assert reason == ("host b: no answer within 5 s; 40 points waiting for InfluxDB for 31 s "
                       "(InfluxDB answered 500: oops)")
+
+
+def test_writes_through_a_link_replace_its_target(tmp_path):
+    """The image's /healthcheck is a link to /tmp/healthcheck: HEALTHCHECK_FILE=/healthcheck must work."""
+    (tmp_path / "writable").mkdir()
+    link = tmp_path / "healthcheck"
+    link.symlink_to(tmp_path / "writable" / "healthcheck")
+    health = t2i.HealthFile(str(link), clock=lambda: 1795300000)
+    health.write(True)
+    health.write(False, "down")
+    assert link.is_symlink() and link.read_text() == "FAILED 1795300000 down\n"
+    assert os.listdir(tmp_path / "writable") == ["healthcheck"]

@@ -506,8 +506,8 @@ class TorConnection:
     and returns TorStats, all within `timeout` seconds, or raises PollError and drops the
     connection so the next poll starts afresh. Thread-safe; abort() may be called from any thread."""
 
-    def __init__(self, host: TorHost, timeout: float, clock: Callable[[], float] = time.monotonic):
-        self.host, self.timeout, self.clock = host, timeout, clock
+    def __init__(self, host: TorHost, timeout: float):
+        self.host, self.timeout = host, timeout
         self.keys = GETINFO_KEYS  # a key this tor answers 552 for is dropped from its own copy
         self.command = "GETINFO " + " ".join(self.keys)
         self._sock: _DeadlineSocket | None = None
@@ -542,9 +542,12 @@ class TorConnection:
             except stem.ControllerError as exc:
                 self._drop()
                 raise PollError(f"tor refused: {_short(exc)}") from None
+            except BaseException:  # anything unforeseen: never reuse a connection in an unknown state
+                self._drop()
+                raise
 
     def _poll(self, deadline: float) -> TorStats:
-        if self._sock is None or not self._sock.is_alive():
+        if self._sock is None or not self._sock.is_alive() or self._sock.aborted:
             self._drop()
             if self.host.socket_path is not None:
                 self._sock = TimedControlSocketFile(self.host.socket_path)
@@ -554,9 +557,6 @@ class TorConnection:
             self._sock.connect()
             self.connects += 1
             stem.connection.authenticate(self._sock, password=self.host.password)
-        else:
-            self._sock.aborted = False
-            self._sock.set_deadline(deadline)
         while True:
             self._sock.set_deadline(deadline)
             self._sock.send(self.command)

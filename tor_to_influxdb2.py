@@ -400,7 +400,12 @@ LINE_COUNT_KEYS = {"circuit-status", "stream-status"}
 
 
 class PollError(Exception):
-    """Polling one tor failed; the message says why in a few words (never a password)."""
+    """Polling one tor failed; the message says why in a few words (never a password).
+    `timed_out` is true when tor did not answer in time (as opposed to refusing or hanging up)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclasses.dataclass(slots=True)
@@ -515,39 +520,63 @@ class TorConnection:
         self.connects = 0  # how many times a connection was opened (for tests and the bench)
 
     def poll(self) -> TorStats:
+        """Connect and authenticate if needed, ask, and read the answer, within `timeout` seconds."""
         with self._lock:
             deadline = time.monotonic() + self.timeout
-            try:
-                return self._poll(deadline)
-            except PollError:
-                self._drop()
-                raise
-            except (stem.SocketClosed, stem.SocketError) as exc:
-                self._drop()
-                reason = str(exc) or "connection closed"
-                if "timed out" in reason or time.monotonic() >= deadline:
-                    raise PollError(f"no answer within {self.timeout:g} s") from None
-                raise PollError(_short(reason)) from None
-            except stem.connection.AuthenticationFailure as exc:
-                self._drop()
-                reason = str(exc)
-                if "timed out" in reason or time.monotonic() >= deadline:
-                    raise PollError(f"no answer within {self.timeout:g} s") from None
-                if reason.startswith("socket connection failed") or _socket_trouble(exc):
-                    raise PollError(f"connection lost during authentication: {_short(reason)}") from None
-                raise PollError(f"authentication failed: {_short(exc)}") from None
-            except stem.ProtocolError as exc:
-                self._drop()
-                raise PollError(f"protocol error: {_short(exc)}") from None
-            except stem.ControllerError as exc:
-                self._drop()
-                raise PollError(f"tor refused: {_short(exc)}") from None
-            except BaseException:  # anything unforeseen: never reuse a connection in an unknown state
-                self._drop()
-                raise
+            return self._guarded(deadline, lambda: self._ask_and_read(deadline))
 
-    def _poll(self, deadline: float) -> TorStats:
-        if self._sock is None or not self._sock.is_alive() or self._sock.aborted:
+    def ask(self) -> float | None:
+        """On a live connection, send the GETINFO now and return the deadline for its answer
+        (read it with answer()); None when there is no live connection (use poll()).
+        Sending all tors' questions at once lets their round trips overlap."""
+        with self._lock:
+            if not self._connected():
+                return None
+            deadline = time.monotonic() + self.timeout
+            self._guarded(deadline, lambda: self._send(deadline))
+            return deadline
+
+    def answer(self, deadline: float) -> TorStats:
+        """Read the answer to ask()."""
+        with self._lock:
+            return self._guarded(deadline, lambda: self._read(deadline))
+
+    def _guarded(self, deadline: float, action: Callable[[], TorStats | None]):
+        """Run `action`; turn every failure into PollError and drop the connection."""
+        try:
+            return action()
+        except PollError:
+            self._drop()
+            raise
+        except (stem.SocketClosed, stem.SocketError) as exc:
+            self._drop()
+            reason = str(exc) or "connection closed"
+            if "timed out" in reason or time.monotonic() >= deadline:
+                raise PollError(f"no answer within {self.timeout:g} s", timed_out=True) from None
+            raise PollError(_short(reason)) from None
+        except stem.connection.AuthenticationFailure as exc:
+            self._drop()
+            reason = str(exc)
+            if "timed out" in reason or time.monotonic() >= deadline:
+                raise PollError(f"no answer within {self.timeout:g} s", timed_out=True) from None
+            if reason.startswith("socket connection failed") or _socket_trouble(exc):
+                raise PollError(f"connection lost during authentication: {_short(reason)}") from None
+            raise PollError(f"authentication failed: {_short(exc)}") from None
+        except stem.ProtocolError as exc:
+            self._drop()
+            raise PollError(f"protocol error: {_short(exc)}") from None
+        except stem.ControllerError as exc:
+            self._drop()
+            raise PollError(f"tor refused: {_short(exc)}") from None
+        except BaseException:  # anything unforeseen: never reuse a connection in an unknown state
+            self._drop()
+            raise
+
+    def _connected(self) -> bool:
+        return self._sock is not None and self._sock.is_alive() and not self._sock.aborted
+
+    def _ask_and_read(self, deadline: float) -> TorStats:
+        if not self._connected():
             self._drop()
             if self.host.socket_path is not None:
                 self._sock = TimedControlSocketFile(self.host.socket_path)
@@ -557,9 +586,16 @@ class TorConnection:
             self._sock.connect()
             self.connects += 1
             stem.connection.authenticate(self._sock, password=self.host.password)
+        self._send(deadline)
+        return self._read(deadline)
+
+    def _send(self, deadline: float) -> None:
+        self._sock.set_deadline(deadline)
+        self._sock.send(self.command)
+
+    def _read(self, deadline: float) -> TorStats:
         while True:
             self._sock.set_deadline(deadline)
-            self._sock.send(self.command)
             reply = self._sock.recv()
             collected_ms = time.time_ns() // 1_000_000
             try:
@@ -572,6 +608,7 @@ class TorConnection:
                             self.host.name, ", ".join(unknown), "them" if len(unknown) > 1 else "it")
                 self.keys = tuple(k for k in self.keys if k not in unknown)
                 self.command = "GETINFO " + " ".join(self.keys)
+                self._send(deadline)
                 continue
             except stem.OperationFailed as exc:
                 raise PollError(f"tor answered {exc.code}: {_short(exc.message)}") from None
@@ -656,14 +693,17 @@ class HostState:
 
 
 class Poller:
-    """Polls every tor concurrently on a bounded thread pool.
+    """Polls every tor concurrently.
 
-    poll_all() returns one PollResult per host, in TOR_HOSTS order, within the cycle budget: a host
-    that fails or stays silent costs the others nothing. A host whose poll timed out or failed to
+    poll_all() first sends the GETINFO on every kept-open connection (so all round trips overlap),
+    then a bounded thread pool reads the answers, and connects and authenticates the tors that
+    have no connection. It returns one PollResult per host, in TOR_HOSTS order, within the cycle
+    budget: a host that fails or stays silent costs the others nothing. A tor that hung up on its
+    kept connection (restarted since the last cycle) is reconnected at once, in the same cycle. A host whose poll timed out or failed to
     authenticate is retried with exponential backoff (one period, doubling, at most 60 s);
     a refused or closed connection is cheap and is retried every cycle."""
 
-    MAX_WORKERS = 64
+    MAX_WORKERS = 32
     MAX_BACKOFF = 60.0
 
     def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float):
@@ -685,8 +725,12 @@ class Poller:
                 results[index] = PollResult(
                     host, error=f"{state.last_error} (next try in {state.retry_at - start:.0f} s)")
             else:
+                try:
+                    deadline = state.conn.ask()
+                except PollError:  # the kept connection broke since the last cycle: reconnect now
+                    deadline = None
                 state.busy = True
-                running[self.pool.submit(self._run, state)] = index
+                running[self.pool.submit(self._run, state, deadline)] = index
         pending = set(running)
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=0.1)
@@ -719,10 +763,19 @@ class Poller:
             return future.result()
         return PollResult(state.conn.host, error="no answer, abandoned")
 
-    def _run(self, state: HostState) -> PollResult:
-        state.started = time.monotonic()
+    def _run(self, state: HostState, deadline: float | None) -> PollResult:
+        """In a worker: read the answer to a question already sent, or connect and poll."""
+        state.started = time.monotonic() if deadline is None else deadline - self.timeout
         try:
-            return PollResult(state.conn.host, stats=state.conn.poll())
+            if deadline is None:
+                return PollResult(state.conn.host, stats=state.conn.poll())
+            try:
+                return PollResult(state.conn.host, stats=state.conn.answer(deadline))
+            except PollError as exc:
+                if exc.timed_out:
+                    raise
+                # tor hung up on the kept connection (restarted since the last cycle?): one new try
+                return PollResult(state.conn.host, stats=state.conn.poll())
         except PollError as exc:
             return PollResult(state.conn.host, error=str(exc))
         except Exception as exc:  # a bug or an unexpected library error must not kill the pool

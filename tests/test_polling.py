@@ -385,3 +385,17 @@ def test_polls_that_never_started_are_reported_not_crashed(make_tor, proxy_facto
         assert results[3].stats is not None
     finally:
         poller.close()
+
+
+def test_tor_restarted_between_cycles_is_polled_in_the_next_cycle(make_tor):
+    tor = make_tor(auth="password")
+    poller = t2i.Poller([host_for(tor, "restarted")], timeout=3, period=5)
+    try:
+        [first] = poller.poll_all(threading.Event())
+        tor.stop()
+        tor.start()
+        [second] = poller.poll_all(threading.Event())
+        assert first.stats is not None and second.stats is not None, second.error
+        assert poller.states[0].conn.connects == 2
+    finally:
+        poller.close()

@@ -750,7 +750,7 @@ class Poller:
         for future in pending:
             results[running[future]] = self._outcome(future, running[future], stop)
         for index, state in enumerate(self.states):
-            self._account(state, results[index])
+            self._account(state, results[index], start)
         return [results[i] for i in range(len(self.states))]
 
     def _outcome(self, future: concurrent.futures.Future, index: int, stop: threading.Event) -> PollResult:
@@ -785,8 +785,9 @@ class Poller:
             state.started = 0.0
             state.busy = False
 
-    def _account(self, state: HostState, result: PollResult) -> None:
-        """Update backoff and log state changes (one line per change, a reminder once a minute)."""
+    def _account(self, state: HostState, result: PollResult, cycle_start: float) -> None:
+        """Update backoff and log state changes (one line per change, a reminder once a minute).
+        The backoff counts from the start of the cycle, so "next try in 10 s" is the cycle 10 s on."""
         name, now = state.conn.host.name, time.monotonic()
         if result.stats is not None:
             if state.failures:
@@ -799,7 +800,7 @@ class Poller:
         state.failures += 1
         if error.startswith(("no answer", "authentication failed")):
             delay = min(self.period * 2 ** (state.failures - 1), self.MAX_BACKOFF)
-            state.retry_at = now + delay - 0.5
+            state.retry_at = cycle_start + delay - 0.5
             retry = f"; next try in {delay:.0f} s"
         else:
             retry = ""

@@ -399,3 +399,20 @@ def test_tor_restarted_between_cycles_is_polled_in_the_next_cycle(make_tor):
         assert poller.states[0].conn.connects == 2
     finally:
         poller.close()
+
+
+def test_backoff_after_a_timeout_is_what_the_log_says(proxy_factory, caplog):
+    """After a timeout: "next try in 2 s" means the cycle 2 s later, not one more period after it."""
+    silent = proxy_factory(mode="silent")
+    poller = t2i.Poller([t2i.TorHost("s", "127.0.0.1", silent.port)], timeout=0.5, period=2)
+    stop = threading.Event()
+    try:
+        with caplog.at_level("WARNING", logger="tor2influxdb2"):
+            poller.poll_all(stop)                                  # cycle at t=0: times out
+        assert "next try in 2 s" in caplog.text
+        state = poller.states[0]
+        assert state.retry_at <= time.monotonic() + 2 - 0.5        # the cycle at t=2 tries again
+        poller.poll_all(stop)                                      # (run at ~0.6 s: still backing off)
+        assert silent.accepted == 1
+    finally:
+        poller.close()

@@ -737,16 +737,16 @@ class Poller:
             for future in done:
                 results[running[future]] = self._outcome(future, running[future], stop)
             now = time.monotonic()
-            if stop.is_set() or now >= budget_end:  # cancel the queued first, then cut the running
+            if stop.is_set() or now >= budget_end:  # polls still queued at the end are not started
                 for future in pending:
                     future.cancel()
-            for future in pending:
+            for future in pending:  # polls running get their own TOR_TIMEOUT, no more
                 state = self.states[running[future]]
                 overdue = state.started and now > state.started + self.timeout + 0.2
-                if (stop.is_set() or now >= budget_end or overdue) and not future.done():
+                if (stop.is_set() or overdue) and not future.done():
                     state.conn.abort()
-            if stop.is_set() or now >= budget_end + 0.5:
-                break
+            if stop.is_set() or now >= budget_end + self.timeout + 0.5:
+                break  # only a poll stuck where nothing can interrupt it (a DNS lookup) is left
         for future in pending:
             results[running[future]] = self._outcome(future, running[future], stop)
         for index, state in enumerate(self.states):

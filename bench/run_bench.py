@@ -25,7 +25,7 @@ and reports how the other hosts fare, next to a run of N healthy hosts.
 Prints a Markdown table (or JSON with --json). Everything binds and connects to
 127.0.0.1 only; each run is bounded in time and stops by itself.
 
-  /tmp/venv/bin/python bench/run_bench.py --sizes 10,200,1000 --latency-ms 20 --cycles 8
+  .venv/bin/python bench/run_bench.py --sizes 10,200,1000 --latency-ms 20 --cycles 8
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FAKE_TOR = HERE / "fake_tor.py"
 DEFAULT_DAEMON = ROOT / "tor_to_influxdb2.py"
-DEFAULT_PYTHON = "/tmp/venv/bin/python" if Path("/tmp/venv/bin/python").exists() else sys.executable
+DEFAULT_PYTHON = sys.executable
 CYCLE_RE = re.compile(r"cycle (\d+) done in ([\d.]+) s: (\d+)/(\d+) hosts ok")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -105,9 +105,9 @@ def main() -> None:
         total, took, requests = catch_up(full, work)
         print(f"| figure | value |\n|---|---|")
         print(f"| points in the full buffer | {args.points:,} ({size_mb:.0f} MB on disk, filled in {fill_s:.1f} s) |")
-        print(f"| daemon RSS / peak, empty buffer | {rss_empty[0] / 1024:.1f} MB / {rss_empty[1] / 1024:.1f} MB |")
-        print(f"| daemon RSS / peak, full buffer | {rss_full[0] / 1024:.1f} MB / {rss_full[1] / 1024:.1f} MB |")
-        print(f"| difference of peaks (target <= 30 MB) | {(rss_full[1] - rss_empty[1]) / 1024:.1f} MB |")
+        print(f"| daemon RSS / peak, empty buffer | {rss_empty[0] / 1024:.1f} MiB / {rss_empty[1] / 1024:.1f} MiB |")
+        print(f"| daemon RSS / peak, full buffer | {rss_full[0] / 1024:.1f} MiB / {rss_full[1] / 1024:.1f} MiB |")
+        print(f"| difference of peaks (target <= 30 MB) | {(rss_full[1] - rss_empty[1]) / 1024:.1f} MiB |")
         print(f"| catch-up to VictoriaMetrics (target >= 50,000/s) | {total:,} points in {took:.1f} s = "
               f"{total / took:,.0f} points/s, {requests} requests |")
     finally:

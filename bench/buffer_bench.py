@@ -103,7 +103,7 @@ def main() -> None:
         rss_empty = daemon_rss(empty, args.seconds)
         rss_full = daemon_rss(full, args.seconds)
         total, took, requests = catch_up(full, work)
-        print(f"| figure | value |\n|---|---|")
+        print("| figure | value |\n|---|---|")
         print(f"| points in the full buffer | {args.points:,} ({size_mb:.0f} MB on disk, filled in {fill_s:.1f} s) |")
         print(f"| daemon RSS / peak, empty buffer | {rss_empty[0] / 1024:.1f} MiB / {rss_empty[1] / 1024:.1f} MiB |")
         print(f"| daemon RSS / peak, full buffer | {rss_full[0] / 1024:.1f} MiB / {rss_full[1] / 1024:.1f} MiB |")

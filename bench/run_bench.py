@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support import stop_process  # noqa: E402  (the test suite's: SIGTERM by pid, SIGKILL if it lingers)
+
 FAKE_TOR = HERE / "fake_tor.py"
 DEFAULT_DAEMON = ROOT / "tor_to_influxdb2.py"
 DEFAULT_PYTHON = sys.executable
@@ -117,13 +119,7 @@ def http_json(url: str, timeout: float = 10) -> dict:
 def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> tuple[int, float]:
     """SIGTERM the process we started (by its pid), SIGKILL if it lingers; (rc, seconds)."""
     t0 = time.monotonic()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+    stop_process(proc, timeout)
     return proc.returncode, time.monotonic() - t0
 
 

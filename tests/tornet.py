@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from support import TOR_BIN, free_port, hash_password, port_open, wait_for
+from support import TOR_BIN, free_port, hash_password, port_open, stop_process, wait_for
 
 PASSWORD = "tornet-pw"
 BODY_SIZE = 2 * 1024 * 1024
@@ -220,13 +220,7 @@ class Node:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
         self.net.pids.discard(proc.pid)
 
     def kill(self) -> None:

@@ -401,11 +401,14 @@ LINE_COUNT_KEYS = {"circuit-status", "stream-status"}
 
 class PollError(Exception):
     """Polling one tor failed; the message says why in a few words (never a password).
-    `timed_out` is true when tor did not answer in time (as opposed to refusing or hanging up)."""
+    `timed_out` is true when tor did not answer in time (as opposed to refusing or hanging up);
+    `back_off` when trying again at once would only fail the same way, slowly or noisily
+    (a timeout, wrong credentials)."""
 
-    def __init__(self, message: str, timed_out: bool = False):
+    def __init__(self, message: str, timed_out: bool = False, back_off: bool | None = None):
         super().__init__(message)
         self.timed_out = timed_out
+        self.back_off = timed_out if back_off is None else back_off
 
 
 @dataclasses.dataclass(slots=True)
@@ -561,7 +564,7 @@ class TorConnection:
                 raise PollError(f"no answer within {self.timeout:g} s", timed_out=True) from None
             if reason.startswith("socket connection failed") or _socket_trouble(exc):
                 raise PollError(f"connection lost during authentication: {_short(reason)}") from None
-            raise PollError(f"authentication failed: {_short(exc)}") from None
+            raise PollError(f"authentication failed: {_short(exc)}", back_off=True) from None
         except stem.ProtocolError as exc:
             self._drop()
             raise PollError(f"protocol error: {_short(exc)}") from None
@@ -675,6 +678,8 @@ class PollResult:
     host: TorHost
     stats: TorStats | None = None
     error: str | None = None
+    back_off: bool = False  # the failure calls for waiting before the next try
+    skipped: bool = False   # not polled this cycle (still busy, or waiting out its backoff)
 
 
 class HostState:
@@ -720,10 +725,10 @@ class Poller:
         for index, state in enumerate(self.states):
             host = state.conn.host
             if state.busy:
-                results[index] = PollResult(host, error="previous poll still running")
+                results[index] = PollResult(host, error="previous poll still running", skipped=True)
             elif state.retry_at > start:
                 results[index] = PollResult(
-                    host, error=f"{state.last_error} (next try in {state.retry_at - start:.0f} s)")
+                    host, error=f"{state.last_error} (next try in {state.retry_at - start:.0f} s)", skipped=True)
             else:
                 try:
                     deadline = state.conn.ask()
@@ -761,7 +766,7 @@ class Poller:
             return PollResult(state.conn.host, error=reason)
         if future.done():
             return future.result()
-        return PollResult(state.conn.host, error="no answer, abandoned")
+        return PollResult(state.conn.host, error="no answer, abandoned", back_off=True)
 
     def _run(self, state: HostState, deadline: float | None) -> PollResult:
         """In a worker: read the answer to a question already sent, or connect and poll."""
@@ -777,7 +782,7 @@ class Poller:
                 # tor hung up on the kept connection (restarted since the last cycle?): one new try
                 return PollResult(state.conn.host, stats=state.conn.poll())
         except PollError as exc:
-            return PollResult(state.conn.host, error=str(exc))
+            return PollResult(state.conn.host, error=str(exc), back_off=exc.back_off)
         except Exception as exc:  # a bug or an unexpected library error must not kill the pool
             LOG.debug("%s: unexpected error", state.conn.host.name, exc_info=True)
             return PollResult(state.conn.host, error=f"unexpected error: {_short(exc)}")
@@ -794,11 +799,11 @@ class Poller:
                 LOG.info("%s: polled again after %d failed attempt(s)", name, state.failures)
             state.failures, state.retry_at, state.last_error = 0, 0.0, None
             return
-        error = result.error or "unknown error"
-        if "next try in" in error or error == "previous poll still running":
+        if result.skipped:
             return
+        error = result.error or "unknown error"
         state.failures += 1
-        if error.startswith(("no answer", "authentication failed")):
+        if result.back_off:
             delay = min(self.period * 2 ** (state.failures - 1), self.MAX_BACKOFF)
             state.retry_at = cycle_start + delay - 0.5
             retry = f"; next try in {delay:.0f} s"

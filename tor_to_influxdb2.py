@@ -929,11 +929,9 @@ class MemoryBuffer:
     def remove(self, ids: list[int]) -> None:
         gone = set(ids)
         with self._lock:
-            if self._items and len(gone) == len(ids) and self._items[0][0] == ids[0] \
-                    and len(self._items) >= len(ids) and self._items[len(ids) - 1][0] == ids[-1]:
-                for _ in ids:  # the usual case: the head was delivered
-                    self._items.popleft()
-            else:
+            while self._items and self._items[0][0] in gone:  # the usual case: the head was delivered
+                gone.discard(self._items.popleft()[0])
+            if gone:  # lines from further in (a split batch)
                 self._items = collections.deque(item for item in self._items if item[0] not in gone)
 
     def __len__(self) -> int:
@@ -1095,7 +1093,7 @@ def _server_message(exc: ApiException) -> str:
 def _connection_reason(exc: BaseException) -> str:
     text = str(exc)
     for needle, reason in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                           ("Read timed out", "timed out"), ("reset", "connection reset"),
+                           ("reset", "connection reset"),
                            ("Name or service not known", "cannot resolve host"),
                            ("Temporary failure in name resolution", "cannot resolve host"),
                            ("RemoteDisconnected", "connection closed without an answer"),

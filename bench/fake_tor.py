@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import binascii
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -271,6 +272,28 @@ class FakeTorServer:
         self.auth_methods = "NULL" if args.auth == "null" else "HASHEDPASSWORD"
         self.password = args.password
         self.conn_seq = 0
+        self.protocolinfo = ("250-PROTOCOLINFO 1\r\n"
+                             f"250-AUTH METHODS={self.auth_methods}\r\n"
+                             f'250-VERSION Tor="{TOR_VERSION}"\r\n'
+                             "250 OK\r\n")
+
+    @contextlib.asynccontextmanager
+    async def tracked(self, writer: asyncio.StreamWriter, port: int):
+        """Count a control connection while it is open; a client hanging up ends it quietly."""
+        st = self.stats
+        st.connections_accepted += 1
+        st.accepted_per_port[port] += 1
+        st.connections_open += 1
+        try:
+            yield
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            st.connections_closed_by_client += 1
+        finally:
+            st.connections_open -= 1
+            try:
+                writer.close()
+            except Exception:
+                pass
 
     async def reply(self, writer: asyncio.StreamWriter, data: str) -> None:
         if self.latency > 0:
@@ -281,14 +304,11 @@ class FakeTorServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      port: int) -> None:
         st = self.stats
-        st.connections_accepted += 1
-        st.accepted_per_port[port] += 1
-        st.connections_open += 1
         self.conn_seq += 1
         tor = SimulatedTor(hash((port, self.conn_seq)) & 0xFFFFFFFF,
                            self.args.circuits, self.args.streams)
         authed = False
-        try:
+        async with self.tracked(writer, port):
             while True:
                 raw = await reader.readline()
                 if not raw:
@@ -310,11 +330,7 @@ class FakeTorServer:
                     await self.reply(writer, "514 Authentication required.\r\n")
                     return
                 if cmd == "PROTOCOLINFO":
-                    await self.reply(writer,
-                                     "250-PROTOCOLINFO 1\r\n"
-                                     f"250-AUTH METHODS={self.auth_methods}\r\n"
-                                     f'250-VERSION Tor="{TOR_VERSION}"\r\n'
-                                     "250 OK\r\n")
+                    await self.reply(writer, self.protocolinfo)
                 elif cmd == "AUTHENTICATE":
                     if self.auth_methods == "NULL":
                         authed = True
@@ -356,14 +372,6 @@ class FakeTorServer:
                     return
                 else:
                     await self.reply(writer, f'510 Unrecognized command "{cmd}"\r\n')
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            st.connections_closed_by_client += 1
-        finally:
-            st.connections_open -= 1
-            try:
-                writer.close()
-            except Exception:
-                pass
 
     async def getinfo(self, writer, tor: SimulatedTor, keys: list[str]) -> None:
         st = self.stats
@@ -391,12 +399,9 @@ class FakeTorServer:
     async def handle_hung(self, reader, writer, port: int) -> None:
         """Accept, (optionally) authenticate, then never answer again."""
         st = self.stats
-        st.connections_accepted += 1
         st.connections_accepted_hung += 1
-        st.accepted_per_port[port] += 1
-        st.connections_open += 1
         authed = False
-        try:
+        async with self.tracked(writer, port):
             while True:
                 raw = await reader.readline()
                 if not raw:
@@ -408,22 +413,12 @@ class FakeTorServer:
                 cmd = raw.decode("utf-8", "replace").split(" ", 1)[0].strip().upper()
                 st.commands[cmd] += 1
                 if cmd == "PROTOCOLINFO":
-                    await self.reply(writer, "250-PROTOCOLINFO 1\r\n"
-                                             f"250-AUTH METHODS={self.auth_methods}\r\n"
-                                             f'250-VERSION Tor="{TOR_VERSION}"\r\n250 OK\r\n')
+                    await self.reply(writer, self.protocolinfo)
                 elif cmd == "AUTHENTICATE":
                     authed = True
                     await self.reply(writer, "250 OK\r\n")
                 else:
                     await self.reply(writer, "250 OK\r\n")
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            st.connections_closed_by_client += 1
-        finally:
-            st.connections_open -= 1
-            try:
-                writer.close()
-            except Exception:
-                pass
 
 
 # ------------------------------------------------------------------------- sink

@@ -1,0 +1,110 @@
+"""Files the daemon writes (the health file, the buffer's directory), and links it may follow.
+
+A path may be a link planted by another user, pointing at a file of yours (or root's) that the
+daemon would then replace. So links are followed one at a time, and only links owned by root
+or by the daemon's own user, sitting in a directory no other user can write to (the image's
+/healthcheck -> /tmp/healthcheck is such a link). The final file is replaced atomically by a
+rename, which never follows a link; it must be a regular file if it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+
+class UnsafePath(Exception):
+    """A path the daemon will not write through; the message says why and what to do."""
+
+
+def _others_can_write(info: os.stat_result) -> bool:
+    """True when a user other than root and the owner may create or remove entries in the directory
+    (group- or world-writable, without the sticky bit that protects others' entries)."""
+    if info.st_mode & stat.S_ISVTX:
+        return False
+    if info.st_mode & stat.S_IWOTH:
+        return True
+    return bool(info.st_mode & stat.S_IWGRP) and info.st_gid != os.getegid()
+
+
+def trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def resolve(path: str, what: str) -> str:
+    """The real path `path` names, following only trusted links; UnsafePath otherwise."""
+    path = os.path.abspath(path)
+    seen = 0
+    parts = [p for p in path.split(os.sep) if p]
+    current = os.sep
+    while parts:
+        part = parts.pop(0)
+        candidate = os.path.join(current, part)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            return os.path.join(candidate, *parts)
+        except OSError as exc:
+            raise UnsafePath(f"{what}: cannot look at {candidate}: {exc.strerror}") from None
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        seen += 1
+        if seen > 20:
+            raise UnsafePath(f"{what}: too many links in {path}")
+        parent = os.lstat(current)
+        if not trusted_owner(info.st_uid):
+            raise UnsafePath(f"{what}: {candidate} is a link owned by uid {info.st_uid}, neither root nor this "
+                             f"user (uid {os.geteuid()}): not following it (remove it, or choose a path in a "
+                             "directory only you can write to)")
+        if _others_can_write(parent):
+            raise UnsafePath(f"{what}: {candidate} is a link in {current}, a directory other users can write to: "
+                             "not following it")
+        target = os.readlink(candidate)
+        rest = os.path.join(target, *parts) if parts else target
+        if not os.path.isabs(rest):
+            rest = os.path.join(current, rest)
+        parts = [p for p in os.path.normpath(rest).split(os.sep) if p]
+        current = os.sep
+    return current
+
+
+def check_directory(directory: str, what: str) -> None:
+    """UnsafePath unless `directory` is owned by root or this user, and others cannot swap files in it
+    (a sticky /tmp is fine: others' entries there cannot be replaced by them, nor ours)."""
+    try:
+        info = os.stat(directory)
+    except OSError as exc:
+        raise UnsafePath(f"{what}: cannot use the directory {directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{what}: {directory} is not a directory")
+    if not trusted_owner(info.st_uid) and _others_can_write(info):
+        raise UnsafePath(f"{what}: the directory {directory} belongs to uid {info.st_uid} and other users can "
+                         "write to it")
+    if _others_can_write(info):
+        raise UnsafePath(f"{what}: other users can write to the directory {directory} (mode "
+                         f"{stat.S_IMODE(info.st_mode):o}, no sticky bit): choose a directory only you can write to")
+
+
+def write_atomic(path: str, content: str, mode: int = 0o644) -> None:
+    """Replace the regular file `path` (already resolved) by one holding `content`, atomically."""
+    directory = os.path.dirname(path) or "."
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} exists and is not a regular file")
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=".t2i-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

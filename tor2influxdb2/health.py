@@ -1,0 +1,96 @@
+"""The health file Docker's HEALTHCHECK reads, its watchdog, and the verdict of a cycle.
+
+`OK <unix time>` when healthy, `FAILED <unix time> <reason>` otherwise. The failed form never
+contains the letters OK (old containers run `grep OK /healthcheck`). The reason is masked like
+every other output. The path is resolved once at start, following only trusted links
+(:mod:`tor2influxdb2.files`), and every write replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .files import check_directory, resolve, write_atomic
+from .redact import REDACTOR
+
+LOG = logging.getLogger("tor2influxdb2")
+MAX_REASON = 500
+
+
+class HealthFile:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+        import os
+        self.path, self.clock = path, clock
+        self.target = resolve(path, "HEALTHCHECK_FILE")  # files.UnsafePath when it is not safe
+        check_directory(os.path.dirname(self.target) or ".", "HEALTHCHECK_FILE")
+        self._lock = threading.Lock()
+        self.last_ok: bool | None = None
+
+    def write(self, ok: bool, reason: str = "") -> None:
+        now = int(self.clock())
+        if ok:
+            content = f"OK {now}\n"
+        else:
+            text = " ".join(REDACTOR.mask(reason).split()).replace("OK", "ok")
+            text = "".join(c if c.isprintable() else "?" for c in text)
+            if len(text) > MAX_REASON:
+                text = text[:MAX_REASON - 3] + "..."
+            content = f"FAILED {now} {text}\n"
+        with self._lock:
+            write_atomic(self.target, content)
+            self.last_ok = ok
+
+
+class Watchdog:
+    """A daemon thread that writes FAILED when no cycle has finished for `limit` seconds, so a hung
+    main loop cannot stay healthy. Stops promptly when `stop` is set."""
+
+    def __init__(self, health: HealthFile, limit: float, stop: threading.Event,
+                 clock: Callable[[], float] = time.monotonic):
+        self.health, self.limit, self.stop, self.clock = health, limit, stop, clock
+        self.last_cycle = clock()
+        self.thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
+
+    def cycle_finished(self) -> None:
+        self.last_cycle = self.clock()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def check(self) -> bool:
+        """Write FAILED if the main loop is late; True when it did."""
+        late = self.clock() - self.last_cycle
+        if late > self.limit:
+            reason = f"no cycle finished for {late:.0f} s (the main loop is stuck)"
+            if self.health.last_ok is not False:
+                LOG.error("watchdog: %s", reason)
+            self.health.write(False, reason)
+            return True
+        return False
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                self.check()
+            except OSError as exc:
+                LOG.error("watchdog: cannot write the health file: %s", exc)
+
+
+def verdict(failed: list[tuple[str, str]], waiting: int, oldest_age: float | None, limit: float,
+            delivery_error: str | None, config_problem: str | None = None,
+            notes: list[str] = ()) -> tuple[bool, str]:
+    """Healthy when every tor answered this cycle, no point has waited longer than `limit` s, the
+    InfluxDB configuration works, and nothing else is degraded. `failed` = [(name, why), ...]."""
+    reasons = [f"host {name}: {why}" for name, why in failed[:5]]
+    if len(failed) > 5:
+        reasons.append(f"and {len(failed) - 5} more hosts")
+    if config_problem:
+        reasons.append(f"{waiting} points kept: {config_problem}")
+    elif waiting and oldest_age is not None and oldest_age > limit:
+        reasons.append(f"{waiting} points waiting for InfluxDB for {oldest_age:.0f} s"
+                       + (f" ({delivery_error})" if delivery_error else ""))
+    reasons += list(notes)
+    return (not reasons, "; ".join(reasons))

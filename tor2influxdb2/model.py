@@ -1,0 +1,91 @@
+"""The neutral data model between sources and sinks.
+
+A source turns what a tor answered into :class:`Sample` objects; a sink turns samples into
+line protocol, Prometheus metrics or a report. Neither knows the other: they meet only here.
+The schema classes describe, ahead of time, every sample a source can produce (``--schema``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Mapping, Union
+
+#: A field value. bool is tested before int everywhere (bool is a subclass of int).
+FieldValue = Union[bool, int, float, str]
+
+#: Field types as InfluxDB names them; a field's type never changes (an int never becomes a float).
+FIELD_TYPES = ("integer", "float", "boolean", "string")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """One measurement of one tor at one moment.
+
+    ``tags`` are (key, value) pairs sorted by key (use :func:`make_tags`), so that a tag set is
+    hashable and sinks may cache what they derive from it. ``fields`` maps names to values of
+    the types in :data:`FieldValue`. ``time_ms`` is the wall-clock time (ms since the epoch) at
+    which the tor answered."""
+
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: Mapping[str, FieldValue]
+    time_ms: int
+
+
+def make_tags(tags: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Tags in the canonical form of :attr:`Sample.tags`: sorted by key, empty values left out."""
+    items = tags.items() if isinstance(tags, Mapping) else tags
+    return tuple(sorted((k, v) for k, v in items if v != ""))
+
+
+def field_type(value: FieldValue) -> str:
+    """The InfluxDB type of a field value."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+# ------------------------------------------------------------------------------- the schema
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """A field a measurement may carry: its name, InfluxDB type, unit, and where it comes from."""
+
+    name: str
+    type: str
+    origin: str
+    unit: str = ""
+    description: str = ""
+
+    def as_json(self) -> dict:
+        out = {"name": self.name, "type": self.type, "from": self.origin}
+        if self.unit:
+            out["unit"] = self.unit
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasurementSpec:
+    """A measurement a source can write. ``group`` is the metric set (control port) or the
+    family selection (MetricsPort) it belongs to; ``kinds`` the node kinds that write it
+    (relay, bridge, client); ``tags`` every tag it may carry, common ones included."""
+
+    name: str
+    source: str
+    group: str
+    fields: tuple[FieldSpec, ...]
+    tags: tuple[str, ...]
+    kinds: tuple[str, ...] = ("relay", "bridge", "client")
+    description: str = ""
+    default: bool = False
+
+    def as_json(self) -> dict:
+        return {"measurement": self.name, "source": self.source, "set": self.group,
+                "default": self.default, "written_by": list(self.kinds), "tags": list(self.tags),
+                "fields": [f.as_json() for f in self.fields], "description": self.description}

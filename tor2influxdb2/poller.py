@@ -1,0 +1,427 @@
+"""Polls every tor concurrently from one event-loop thread.
+
+One thread runs a selector over every tor's socket. :meth:`Poller.poll_all` asks it for a cycle
+and waits for the results, one :class:`PollResult` per tor in TOR_HOSTS order: each tor on a
+kept-open connection gets its questions at once (all round trips overlap); tors without a
+connection are connected, at most :attr:`Poller.MAX_CONNECTING` at a time, within the cycle's
+budget. Every poll ends by its own deadline (TOR_TIMEOUT), so a silent or hostile tor costs the
+others nothing. DNS names are resolved by a few daemon threads, never in the loop.
+
+Backoff: a failure whose :class:`~tor2influxdb2.errors.Reason` calls for it (timeout, refused
+authentication, protocol errors, too much data) waits one period, doubling up to 60 s, counted
+from the cycle's start; a refused or closed connection costs nothing and is retried every
+cycle. State changes are logged once (a reminder once a minute); when many tors change at
+once, one line sums them up.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import itertools
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from typing import Callable, Iterable
+
+from .errors import Failure, Reason
+from .model import Sample
+from .redact import clip
+from .sources.control.metricsets import Plan
+from .sources.control.session import ControlSession, TagPolicy
+from .targets import TorHost
+
+LOG = logging.getLogger("tor2influxdb2")
+SUMMARY_AFTER = 5  # more state changes than this in one cycle are summed up in one line
+REMIND_EVERY = 60.0
+
+
+@dataclasses.dataclass(slots=True)
+class PollResult:
+    """What one tor gave in one cycle: samples, or the failure that stopped its poll.
+    ``skipped`` when it was not polled this cycle (still busy, backing off, no time left)."""
+
+    host: TorHost
+    name: str
+    samples: list[Sample] = dataclasses.field(default_factory=list)
+    failure: Failure | None = None
+    skipped: bool = False
+    kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and not self.skipped
+
+    @property
+    def error(self) -> str | None:
+        return None if self.failure is None else self.failure.message
+
+
+class _Resolver:
+    """A few daemon threads for getaddrinfo, which blocks (and may hang): never in the loop."""
+
+    THREADS = 4
+
+    def __init__(self, post: Callable):
+        self.post = post
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, host: str, port: int, session) -> None:
+        if len(self.threads) < self.THREADS:
+            thread = threading.Thread(target=self._work, name="resolve", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.jobs.put((host, port, session))
+
+    def _work(self) -> None:
+        while True:
+            host, port, session = self.jobs.get()
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                result, error = [(i[0], i[4]) for i in infos], None
+            except socket.gaierror as exc:
+                result, error = None, Failure(Reason.RESOLVE, f"cannot resolve host ({clip(exc.strerror or exc, 80)})")
+            except (OSError, UnicodeError) as exc:
+                result, error = None, Failure(Reason.RESOLVE, f"cannot resolve host ({clip(exc, 80)})")
+            self.post(lambda s=session, r=result, e=error: s.resolved(r, e))
+
+
+class EventLoop:
+    """A selector, deadlines, and calls posted from other threads. Used by one thread only,
+    except :meth:`post`."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._events: dict[int, int] = {}
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._posted: collections.deque = collections.deque()
+        self.resolver = _Resolver(self.post)
+
+    # -- for sessions
+    def watch(self, session, read: bool, write: bool) -> None:
+        sock = session.sock
+        if sock is None:
+            return
+        fd = sock.fileno()
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        current = self._events.get(fd)
+        if current == events:
+            return
+        if current is None:
+            self.selector.register(fd, events, session)
+        else:
+            self.selector.modify(fd, events, session)
+        self._events[fd] = events
+
+    def unwatch(self, session, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._events.pop(fd, None) is not None:
+            self.selector.unregister(fd)
+
+    def schedule(self, session) -> None:
+        heapq.heappush(self._heap, (session.deadline, next(self._seq), session))
+
+    def unschedule(self, session) -> None:
+        pass  # entries are dropped lazily when they come due
+
+    def resolve(self, host: str, port: int, session) -> None:
+        self.resolver.submit(host, port, session)
+
+    # -- for other threads
+    def post(self, call: Callable[[], None]) -> None:
+        self._posted.append(call)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- the loop thread
+    def run_once(self, timeout: float) -> None:
+        if self._heap:
+            timeout = min(timeout, max(0.0, self._heap[0][0] - time.monotonic()))
+        for key, mask in self.selector.select(timeout):
+            session = key.data
+            if session is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            self._dispatch(session, lambda s=session, m=mask: s.handle(bool(m & selectors.EVENT_READ),
+                                                                     bool(m & selectors.EVENT_WRITE)))
+        while self._posted:
+            call = self._posted.popleft()
+            self._dispatch(None, call)
+        now = time.monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, session = heapq.heappop(heap)
+            if session.busy and session.deadline == deadline:
+                self._dispatch(session, lambda s=session: s.expire(now))
+
+    @staticmethod
+    def _dispatch(session, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:  # a bug must not stop the loop: that tor's poll fails, the rest go on
+            LOG.debug("poll loop: unexpected error", exc_info=True)
+            if session is not None:
+                try:
+                    session._fail(Failure(Reason.INTERNAL, f"unexpected error: {clip(exc, 120)}"), retry=False)
+                except Exception:  # noqa: BLE001
+                    LOG.debug("poll loop: error while failing a session", exc_info=True)
+
+    def close(self) -> None:
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class _Target:
+    """Per-tor bookkeeping: its session, failures, backoff, what was logged."""
+
+    __slots__ = ("index", "host", "control", "failures", "retry_at", "last_failure", "logged_at", "cycle",
+                 "late", "connecting", "queued")
+
+    def __init__(self, index: int, host: TorHost, control: ControlSession):
+        self.index, self.host, self.control = index, host, control
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_failure: Failure | None = None
+        self.logged_at = float("-inf")
+        self.cycle: _Cycle | None = None  # the cycle its running poll belongs to
+        self.late: list[Sample] = []      # samples of a poll that ended after its cycle
+        self.connecting = False
+        self.queued = False
+
+
+def _who(target: _Target) -> str:
+    """A tor as the logs name it: its name and address, or its entry and address."""
+    session = target.control
+    return f"{target.host.name} ({target.host.where})" if session.confirmed else target.host.anonymous
+
+
+class _Cycle:
+    def __init__(self, size: int, budget_end: float):
+        self.budget_end = budget_end
+        self.start = time.monotonic()
+        self.results: list[PollResult | None] = [None] * size
+        self.waiting = 0
+        self.finished = threading.Event()
+        self.queue: collections.deque = collections.deque()
+
+
+class Poller:
+    """Polls every tor concurrently (see the module's docstring). poll_all() may be called from
+    any one thread; everything else happens in the loop thread."""
+
+    MAX_CONNECTING = 256
+    MAX_BACKOFF = 60.0
+
+    def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float, plan: Plan | None = None,
+                 tags: TagPolicy | None = None):
+        self.timeout, self.period = timeout, period
+        self.plan = plan or Plan()
+        self.tags = tags or TagPolicy()
+        self.loop = EventLoop()
+        self.targets: list[_Target] = []
+        for index, host in enumerate(hosts):
+            target = _Target(index, host, None)
+            target.control = ControlSession(host, self.plan, self.tags, timeout, self.loop,
+                                            warn=lambda text, t=target: LOG.warning("%s: %s", _who(t), text))
+            self.targets.append(target)
+        self.connecting = 0
+        self.cycle: _Cycle | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="poll", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the caller's side
+    def poll_all(self, stop: threading.Event, budget: float | None = None) -> list[PollResult]:
+        cycle = _Cycle(len(self.targets), time.monotonic() + (budget if budget is not None else self.period))
+        self.loop.post(lambda: self._begin(cycle))
+        while not cycle.finished.wait(0.05):
+            if stop.is_set() or self._closed:
+                self.loop.post(lambda: self._finish(cycle, stopping=True))
+                if not cycle.finished.wait(1.0):  # the loop thread is stuck: answer without it
+                    return [r or PollResult(t.host, t.control.display, failure=Failure(Reason.STOPPING, "stopping"))
+                            for t, r in zip(self.targets, cycle.results)]
+                break
+        return list(cycle.results)
+
+    def close(self, timeout: float = 0.5) -> None:
+        """Close every connection and stop the loop thread, within about `timeout` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.post(self._close_all)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    @property
+    def sessions(self) -> list[ControlSession]:
+        return [t.control for t in self.targets]
+
+    # ------------------------------------------------------------------ the loop thread
+    def _run(self) -> None:
+        while not self._closed:
+            cycle = self.cycle
+            wait = 1.0 if cycle is None else max(0.0, min(1.0, cycle.budget_end - time.monotonic()))
+            try:
+                self.loop.run_once(wait)
+            except Exception:  # noqa: BLE001 - never let the loop thread die
+                LOG.exception("poll loop failed; going on")
+                time.sleep(0.1)
+            cycle = self.cycle
+            if cycle is not None and time.monotonic() >= cycle.budget_end:
+                self._finish(cycle)
+        while self.loop._posted:  # the close call
+            self.loop._posted.popleft()()
+
+    def _close_all(self) -> None:
+        for target in self.targets:
+            target.control.close()
+
+    def _begin(self, cycle: _Cycle) -> None:
+        if self.cycle is not None:  # the previous one never finished (a caller gave up on it)
+            self._finish(self.cycle, stopping=True)
+        self.cycle = cycle
+        now = cycle.start = time.monotonic()
+        for target in self.targets:
+            session = target.control
+            if session.busy:
+                self._result(cycle, target, skipped=True,
+                             failure=Failure(Reason.NOT_POLLED, "previous poll still running"))
+            elif target.retry_at > now:
+                last = target.last_failure.message if target.last_failure else "failed"
+                self._result(cycle, target, skipped=True, failure=Failure(
+                    Reason.BACKING_OFF, f"{last} (next try in {target.retry_at - now:.0f} s)"))
+            elif session.state == "ready":
+                self._start(cycle, target, now)
+            else:
+                target.queued = True
+                cycle.queue.append(target)
+        self._start_queued(cycle)
+        if cycle.waiting == 0 and not cycle.queue:
+            self._finish(cycle)
+
+    def _start(self, cycle: _Cycle, target: _Target, now: float) -> None:
+        target.cycle = cycle
+        cycle.waiting += 1
+        if target.control.state != "ready":
+            target.connecting = True
+            self.connecting += 1
+        target.control.start(now, lambda session, samples, failure, t=target: self._done(t, samples, failure))
+
+    def _start_queued(self, cycle: _Cycle) -> None:
+        now = time.monotonic()
+        while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
+            target = cycle.queue.popleft()
+            target.queued = False
+            self._start(cycle, target, now)
+
+    def _done(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
+        if target.connecting:
+            target.connecting = False
+            self.connecting -= 1
+        cycle, target.cycle = target.cycle, None
+        if cycle is not None and cycle is self.cycle and cycle.results[target.index] is None:
+            cycle.waiting -= 1
+            self._result(cycle, target, samples=samples or [], failure=failure)
+        else:  # the cycle it belonged to is over: keep its samples for the next one, account it now
+            if samples:
+                target.late.extend(samples)
+            self._account(target, PollResult(target.host, target.control.display, samples or [], failure),
+                          time.monotonic(), [])
+        current = self.cycle
+        if current is not None:
+            self._start_queued(current)
+            if current.waiting == 0 and not current.queue:
+                self._finish(current)
+
+    def _result(self, cycle: _Cycle, target: _Target, samples: list[Sample] | None = None,
+                failure: Failure | None = None, skipped: bool = False) -> None:
+        if target.late:
+            samples = target.late + (samples or [])
+            target.late = []
+        cycle.results[target.index] = PollResult(target.host, target.control.display, samples or [], failure,
+                                                 skipped, target.control.kind)
+
+    def _finish(self, cycle: _Cycle, stopping: bool = False) -> None:
+        if cycle.finished.is_set():
+            return
+        for target in cycle.queue:
+            target.queued = False
+            self._result(cycle, target, skipped=not stopping, failure=Failure(
+                Reason.STOPPING if stopping else Reason.NOT_POLLED,
+                "stopping" if stopping else "not polled: the cycle ran out of time"))
+        cycle.queue.clear()
+        for target in self.targets:
+            if cycle.results[target.index] is None:  # still running: its result will come late
+                if stopping:
+                    failure = Failure(Reason.STOPPING, "stopping")
+                else:
+                    failure = Failure(Reason.NOT_POLLED, "still connecting when the cycle ended")
+                cycle.results[target.index] = PollResult(target.host, target.control.display, failure=failure,
+                                                         skipped=True)
+        changes: list = []
+        for target in self.targets:
+            self._account(target, cycle.results[target.index], cycle.start, changes)
+        self._log_changes(changes)
+        if self.cycle is cycle:
+            self.cycle = None
+        cycle.finished.set()
+
+    # ------------------------------------------------------------------ backoff and logs
+    def _account(self, target: _Target, result: PollResult, cycle_start: float, changes: list) -> None:
+        now = time.monotonic()
+        if result.failure is None and not result.skipped:
+            if target.failures:
+                changes.append(("recovered", target, f"polled again after {target.failures} failed attempt(s)"))
+            target.failures, target.retry_at, target.last_failure = 0, 0.0, None
+            return
+        if result.skipped or result.failure is None or result.failure.reason == Reason.STOPPING:
+            return
+        failure = result.failure
+        target.failures += 1
+        retry = ""
+        if failure.reason.back_off:
+            delay = min(self.period * 2 ** (target.failures - 1), self.MAX_BACKOFF)
+            target.retry_at = cycle_start + delay - 0.5
+            retry = f"; next try in {delay:.0f} s"
+        if failure != target.last_failure or now - target.logged_at >= REMIND_EVERY:
+            changes.append(("failed", target, failure.message + retry))
+            target.logged_at = now
+        target.last_failure = failure
+
+    def _log_changes(self, changes: list) -> None:
+        for kind in ("failed", "recovered"):
+            items = [(t, text) for k, t, text in changes if k == kind]
+            if len(items) <= SUMMARY_AFTER:
+                for target, text in items:
+                    log = LOG.warning if kind == "failed" else LOG.info
+                    log("%s: %s", _who(target), text)
+                continue
+            by_text: dict[str, list[str]] = collections.defaultdict(list)
+            for target, text in items:
+                by_text[text.split("; next try")[0]].append(target.control.display)
+            parts = []
+            for text, names in sorted(by_text.items(), key=lambda kv: -len(kv[1])):
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                parts.append(f"{len(names)} {text} ({shown})")
+            if kind == "failed":
+                LOG.warning("%d tors failed: %s", len(items), "; ".join(parts))
+            else:
+                LOG.info("%d tors polled again after failures: %s", len(items), "; ".join(parts))

@@ -1,0 +1,509 @@
+"""Points waiting for InfluxDB: in memory (compact), in SQLite (durable), and the fallback between.
+
+Every buffer keeps lines oldest first with increasing ids; delivery takes a :class:`Batch` from
+the head and removes its ids once InfluxDB accepted them.
+
+* :class:`MemoryBuffer` holds each cycle's lines as one chunk; once a backlog builds up, older
+  chunks are zlib-compressed (a cycle's lines share most of their text: ~10 bytes a point instead
+  of ~280 as Python strings). It is bounded by points and by bytes; past either bound the oldest
+  points are dropped (and counted).
+* :class:`SqliteBuffer` is a file in BUFFER_DIR (WAL): points survive kill -9 and restarts. The
+  directory is locked, so two daemons never share one buffer; a foreign or corrupt file is left
+  untouched; a deleted or replaced file is noticed and recreated with what was still waiting.
+* :class:`FallbackBuffer` is what the daemon uses: SQLite when it can, memory for whatever the
+  disk cannot take (full, failing), with one warning and a ``degraded`` reason the health file
+  shows. When the disk has room again the memory part is moved back to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import zlib
+
+from ..errors import BufferLocked, BufferUnusable
+from ..redact import clip
+
+LOG = logging.getLogger("tor2influxdb2")
+APPLICATION_ID = 0x54324932  # "T2I2"
+_OVERHEAD_RAW = 57   # bytes of a str object and its list slot, beyond its characters
+_OVERHEAD_CHUNK = 160
+
+
+@dataclasses.dataclass
+class Batch:
+    """Lines from the head of a buffer; `ids` identify them for remove(), oldest first."""
+
+    ids: list[int]
+    lines: list[str]
+    source: object = None
+
+
+class _Chunk:
+    __slots__ = ("ids", "lines", "blob", "oldest", "size")
+
+    def __init__(self, ids, lines: list[str], oldest: int):
+        self.ids, self.lines, self.blob, self.oldest = ids, lines, None, oldest
+        self.size = sum(map(len, lines)) + _OVERHEAD_RAW * len(lines) + _OVERHEAD_CHUNK
+
+    def compress(self) -> None:
+        if self.blob is None and self.lines:
+            self.blob = zlib.compress("\n".join(self.lines).encode("utf-8"), 6)
+            self.lines = None
+            self.size = len(self.blob) + _OVERHEAD_CHUNK + (0 if isinstance(self.ids, range) else 8 * len(self.ids))
+
+    def get_lines(self) -> list[str]:
+        if self.lines is not None:
+            return self.lines
+        return zlib.decompress(self.blob).decode("utf-8").split("\n")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class MemoryBuffer:
+    """Points waiting for InfluxDB in memory, oldest first, bounded by points and by bytes."""
+
+    durable = False
+    RAW_CHUNKS = 2  # the newest chunks stay uncompressed (in normal operation they leave at once)
+
+    def __init__(self, max_points: int, max_bytes: int = 64 * 1024 * 1024):
+        self.max_points, self.max_bytes = max_points, max_bytes
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._count = 0
+        self._bytes = 0
+        self._next_id = 1
+        self._lock = threading.Lock()
+
+    def append(self, lines: list[str], collected_ms: list[int]) -> int:
+        """Add lines (with their collection times); return how many old points were dropped."""
+        if not lines:
+            return 0
+        with self._lock:
+            ids = range(self._next_id, self._next_id + len(lines))
+            self._next_id += len(lines)
+            chunk = _Chunk(ids, list(lines), min(collected_ms))
+            self._chunks.append(chunk)
+            self._count += len(lines)
+            self._bytes += chunk.size
+            if len(self._chunks) > self.RAW_CHUNKS:
+                old = self._chunks[-self.RAW_CHUNKS - 1]
+                if old.blob is None:
+                    before = old.size
+                    old.compress()
+                    self._bytes += old.size - before
+            return self._trim()
+
+    def _trim(self) -> int:
+        dropped = 0
+        while self._chunks and (self._count > self.max_points or self._bytes > self.max_bytes):
+            head = self._chunks[0]
+            excess = self._count - self.max_points
+            if self._bytes <= self.max_bytes and 0 < excess < len(head):
+                lines = head.get_lines()[excess:]
+                self._replace_head(_Chunk(list(head.ids)[excess:], lines, head.oldest))
+                dropped += excess
+                break
+            self._chunks.popleft()
+            self._count -= len(head)
+            self._bytes -= head.size
+            dropped += len(head)
+        return dropped
+
+    def _replace_head(self, chunk: _Chunk) -> None:
+        old = self._chunks.popleft()
+        self._count += len(chunk) - len(old)
+        self._bytes += chunk.size - old.size
+        self._chunks.appendleft(chunk)
+
+    def head(self, limit: int) -> Batch | None:
+        with self._lock:
+            ids: list[int] = []
+            lines: list[str] = []
+            for chunk in self._chunks:
+                if len(ids) >= limit:
+                    break
+                take = limit - len(ids)
+                ids += list(chunk.ids)[:take] if take < len(chunk) else list(chunk.ids)
+                lines += chunk.get_lines()[:take]
+        return Batch(ids, lines, self) if ids else None
+
+    def remove(self, ids: list[int]) -> None:
+        gone = set(ids)
+        with self._lock:
+            index = 0
+            while gone and index < len(self._chunks):
+                chunk = self._chunks[index]
+                chunk_ids = chunk.ids
+                if isinstance(chunk_ids, range) and chunk_ids[0] in gone and chunk_ids[-1] in gone \
+                        and all(i in gone for i in chunk_ids):
+                    gone.difference_update(chunk_ids)
+                    del self._chunks[index]
+                    self._count -= len(chunk)
+                    self._bytes -= chunk.size
+                    continue
+                if any(i in gone for i in chunk_ids):
+                    keep = [(i, line) for i, line in zip(chunk_ids, chunk.get_lines()) if i not in gone]
+                    gone.difference_update(chunk_ids)
+                    new = _Chunk([i for i, _ in keep], [line for _, line in keep], chunk.oldest)
+                    if chunk.blob is not None:
+                        new.compress()
+                    self._count += len(new) - len(chunk)
+                    self._bytes += new.size - chunk.size
+                    if len(new):
+                        self._chunks[index] = new
+                    else:
+                        del self._chunks[index]
+                        continue
+                index += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def oldest_ms(self) -> int | None:
+        with self._lock:
+            return self._chunks[0].oldest if self._chunks else None
+
+    def take_all(self) -> tuple[list[str], list[int]]:
+        """Every line (and a time for each), emptying the buffer (to move them to disk)."""
+        with self._lock:
+            lines, times = [], []
+            for chunk in self._chunks:
+                chunk_lines = chunk.get_lines()
+                lines += chunk_lines
+                times += [chunk.oldest] * len(chunk_lines)
+            self._chunks.clear()
+            self._count = self._bytes = 0
+            return lines, times
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteBuffer:
+    """Points waiting for InfluxDB in BUFFER_DIR/buffer.sqlite3 (stdlib sqlite3, WAL). At most
+    `max_points` rows; past that the oldest are deleted. The directory is locked (buffer.lock)
+    for the process's life: a second daemon on the same directory gets BufferUnusable."""
+
+    durable = True
+    FILE_NAME = "buffer.sqlite3"
+    LOCK_NAME = "buffer.lock"
+    COLUMNS = ["id", "ts_ms", "line"]
+
+    def __init__(self, directory: str, max_points: int):
+        self.max_points = max_points
+        self.directory = directory
+        self.path = os.path.join(directory, self.FILE_NAME)
+        self._lock = threading.Lock()
+        self._lockfile = self._take_lock(directory)
+        try:
+            self._open()
+        except BaseException:
+            os.close(self._lockfile)
+            raise
+
+    @classmethod
+    def _take_lock(cls, directory: str) -> int:
+        path = os.path.join(directory, cls.LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                other = ""
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f" (pid {other} in its own namespace)" if other.isdigit() else ""
+                raise BufferLocked(
+                    f"BUFFER_DIR {directory} is in use by another tor2influxdb2{who}: give each daemon its own "
+                    "BUFFER_DIR (with compose --scale or replicas, a volume per replica, not one shared)") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _open(self) -> None:
+        try:
+            info = os.lstat(self.path)
+            if not stat.S_ISREG(info.st_mode):
+                raise BufferUnusable(f"{self.path} is not a regular file (a link?): not using it")
+        except FileNotFoundError:
+            pass
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-4000")  # ~4 MB page cache: memory stays bounded
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            if tables - {"points", "sqlite_sequence"} or app_id not in (0, APPLICATION_ID):
+                raise BufferUnusable(f"{self.path} is not a tor2influxdb2 buffer (other tables or application id): "
+                                     "left untouched")
+            if "points" in tables:
+                columns = [row[1] for row in self._db.execute("PRAGMA table_info(points)")]
+                if columns != self.COLUMNS:
+                    raise BufferUnusable(f"{self.path} has a points table of another layout: left untouched")
+            else:
+                self._db.execute("CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                 " ts_ms INTEGER NOT NULL, line TEXT NOT NULL)")
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self._count = self._db.execute("SELECT count(*) FROM points").fetchone()[0]
+        except BaseException:
+            self._db.close()
+            raise
+        self._floor = 0  # ids <= floor were delivered, even if deleting them failed
+        self._identity = self._stat_identity()
+
+    def _stat_identity(self):
+        try:
+            info = os.stat(self.path)
+            return info.st_dev, info.st_ino
+        except OSError:
+            return None
+
+    def append(self, lines: list[str], collected_ms: list[int]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO points (ts_ms, line) VALUES (?, ?)", zip(collected_ms, lines))
+                count = self._count + len(lines)
+                dropped = max(0, count - self.max_points)
+                if dropped:
+                    self._db.execute("DELETE FROM points WHERE id IN (SELECT id FROM points ORDER BY id LIMIT ?)",
+                                     (dropped,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            self._count = count - dropped
+            return dropped
+
+    def head(self, limit: int) -> Batch | None:
+        with self._lock:
+            rows = self._db.execute("SELECT id, line FROM points WHERE id > ? ORDER BY id LIMIT ?",
+                                    (self._floor, limit)).fetchall()
+        if not rows:
+            return None
+        return Batch([r[0] for r in rows], [r[1] for r in rows], self)
+
+    def remove(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            contiguous = ids == list(range(ids[0], ids[-1] + 1))
+            if contiguous and ids[0] > self._floor:
+                first = self._db.execute("SELECT min(id) FROM points WHERE id > ?", (self._floor,)).fetchone()[0]
+                if first == ids[0]:
+                    self._floor = ids[-1]  # delivered: never sent again, even if the DELETE below fails
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if contiguous:
+                    cur = self._db.execute("DELETE FROM points WHERE id BETWEEN ? AND ?", (ids[0], ids[-1]))
+                else:
+                    cur = self._db.executemany("DELETE FROM points WHERE id = ?", ((i,) for i in ids))
+                self._db.execute("COMMIT")
+                self._count -= cur.rowcount
+            except sqlite3.Error:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self._floor:
+                return self._db.execute("SELECT count(*) FROM points WHERE id > ?", (self._floor,)).fetchone()[0]
+        return self._count
+
+    def oldest_ms(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT ts_ms FROM points WHERE id > ? ORDER BY id LIMIT 1",
+                                   (self._floor,)).fetchone()
+        return row[0] if row else None
+
+    def still_there(self) -> bool:
+        """False when the file was deleted or replaced since it was opened."""
+        return self._identity is not None and self._stat_identity() == self._identity
+
+    def take_all(self) -> tuple[list[str], list[int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT line, ts_ms FROM points WHERE id > ? ORDER BY id",
+                                    (self._floor,)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            finally:
+                try:
+                    os.close(self._lockfile)
+                except OSError:
+                    pass
+
+
+class FallbackBuffer:
+    """The daemon's buffer: SQLite when usable, memory for what the disk cannot take.
+
+    ``degraded`` is None when all is well, else a short reason for the health file (points are
+    then only in memory, or the disk buffer had to be recreated)."""
+
+    def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None):
+        self.disk, self.memory, self.degraded = disk, memory, degraded
+        self.max_points = memory.max_points
+        self._lock = threading.RLock()
+
+    @property
+    def durable(self) -> bool:
+        return self.disk is not None and not len(self.memory)
+
+    def _disk_failed(self, exc: BaseException, doing: str) -> None:
+        reason = f"buffer: {doing} {self.disk.path} failed ({clip(exc, 80)}); keeping points in memory"
+        if self.degraded != reason:
+            LOG.error("%s until the disk works again", reason)
+        self.degraded = reason
+
+    def append(self, lines: list[str], collected_ms: list[int]) -> int:
+        with self._lock:
+            if self.disk is not None:
+                try:
+                    if len(self.memory):  # the disk failed before: move what waits in memory back first
+                        old_lines, old_times = self.memory.take_all()
+                        try:
+                            self.disk.append(old_lines, old_times)
+                        except BaseException:
+                            self.memory.append(old_lines, old_times)
+                            raise
+                        LOG.info("buffer: writing to %s again (%d points moved from memory)", self.disk.path,
+                                 len(old_lines))
+                        self.degraded = None
+                    return self.disk.append(lines, collected_ms)
+                except sqlite3.Error as exc:
+                    self._disk_failed(exc, "writing to")
+            return self.memory.append(lines, collected_ms)
+
+    def head(self, limit: int) -> Batch | None:
+        with self._lock:
+            if self.disk is not None:
+                try:
+                    batch = self.disk.head(limit)
+                    if batch is not None:
+                        return batch
+                except sqlite3.Error as exc:
+                    self._disk_failed(exc, "reading")
+            return self.memory.head(limit)
+
+    def remove(self, batch: Batch) -> None:
+        with self._lock:
+            if batch.source is self.disk and self.disk is not None:
+                try:
+                    self.disk.remove(batch.ids)
+                except sqlite3.Error as exc:
+                    self._disk_failed(exc, "deleting from")
+            else:
+                self.memory.remove(batch.ids)
+
+    def __len__(self) -> int:
+        with self._lock:
+            count = len(self.memory)
+            if self.disk is not None:
+                try:
+                    count += len(self.disk)
+                except sqlite3.Error:
+                    pass
+            return count
+
+    def oldest_ms(self) -> int | None:
+        with self._lock:
+            stamps = [self.memory.oldest_ms()]
+            if self.disk is not None:
+                try:
+                    stamps.append(self.disk.oldest_ms())
+                except sqlite3.Error:
+                    pass
+            stamps = [s for s in stamps if s is not None]
+            return min(stamps) if stamps else None
+
+    def check(self) -> None:
+        """Notice a buffer file deleted or replaced while running (its directory removed, a volume
+        swapped): recreate it with the points still waiting, and say so."""
+        with self._lock:
+            disk = self.disk
+            if disk is None or disk.still_there():
+                return
+            try:
+                lines, times = disk.take_all()
+            except sqlite3.Error:
+                lines, times = [], []
+            disk.close()
+            self.disk = None
+            try:
+                os.makedirs(disk.directory, exist_ok=True)
+                new = SqliteBuffer(disk.directory, disk.max_points)
+                new.append(lines, times)
+                self.disk = new
+                LOG.error("buffer: %s was deleted or replaced while running; recreated it with the %d points "
+                          "still waiting", disk.path, len(lines))
+            except (OSError, sqlite3.Error, BufferUnusable) as exc:
+                self.memory.append(lines, times)
+                self.degraded = (f"buffer: {disk.path} was deleted while running and cannot be recreated "
+                                 f"({clip(exc, 80)}); keeping points in memory")
+                LOG.error("%s", self.degraded)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.disk is not None:
+                self.disk.close()
+
+
+def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> FallbackBuffer:
+    """The buffer the daemon uses. BufferUnusable (another daemon holds the directory) and
+    files.UnsafePath propagate: they are configuration errors. A directory that cannot be written
+    means memory only, with one warning; a foreign or corrupt file means memory and unhealthy."""
+    from ..files import check_directory, resolve
+    memory = MemoryBuffer(max_points, max_bytes)
+    if not directory:
+        return FallbackBuffer(None, memory)
+    real = resolve(directory, "BUFFER_DIR")
+    try:
+        os.makedirs(real, exist_ok=True)
+    except OSError as exc:
+        LOG.warning("buffer: BUFFER_DIR %s cannot be created (%s); keeping points in memory only, they will not "
+                    "survive a restart", directory, exc.strerror or exc)
+        return FallbackBuffer(None, memory)
+    check_directory(real, "BUFFER_DIR")
+    try:
+        disk = SqliteBuffer(real, max_points)
+    except BufferLocked:
+        raise
+    except BufferUnusable as exc:
+        LOG.error("buffer: %s; keeping points in memory only", exc)
+        return FallbackBuffer(None, memory, degraded=f"buffer: {exc}")
+    except sqlite3.DatabaseError as exc:
+        message = f"buffer: {os.path.join(real, SqliteBuffer.FILE_NAME)} is corrupt or not a database " \
+                  f"({clip(exc, 60)}): left untouched, keeping points in memory"
+        LOG.error("%s", message)
+        return FallbackBuffer(None, memory, degraded=message)
+    except (OSError, sqlite3.Error) as exc:
+        LOG.warning("buffer: BUFFER_DIR %s is not writable (%s); keeping points in memory only, they will not "
+                    "survive a restart", directory, clip(getattr(exc, "strerror", None) or exc, 80))
+        return FallbackBuffer(None, memory)
+    LOG.info("buffer: %s (%d points waiting from before)", disk.path, len(disk))
+    return FallbackBuffer(disk, memory)

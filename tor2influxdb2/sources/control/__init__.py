@@ -1,0 +1,1 @@
+"""The control-port source: a bounded reply reader, authentication, the metric sets."""

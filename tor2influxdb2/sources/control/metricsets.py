@@ -1,0 +1,402 @@
+"""The metric sets: what the control port is asked, and the samples its answers make.
+
+``METRIC_SETS`` chooses among :data:`SET_NAMES`; the default, ``core``, is exactly the
+original's three measurements. Every set is one measurement with the common tags (host,
+service, version) and the time the tor answered. What is asked, per poll:
+
+* one ``GETINFO`` with ``version`` and the keys of core, status, accounting, guards and
+  bandwidth: none of these keys fails on any kind of node, so one failing key never costs the
+  others (a 552 for a key an older tor does not know drops that key, once);
+* for relays and bridges (``relay`` set), pipelined in the same round trip: one ``GETINFO`` of
+  the reachability keys, one ``GETCONF`` of the bandwidth options, and every
+  :data:`NS_REFRESH` seconds ``GETINFO ns/id/<fingerprint>`` (the consensus changes hourly).
+
+The node's kind (relay, bridge or client) is learnt once per connection, with ``GETINFO
+fingerprint`` (551 on a client) and ``GETCONF BridgeRelay``, only when a set needs it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from typing import Callable
+
+from ...errors import Failure, Reason, SourceError
+from ...model import FieldSpec, MeasurementSpec
+
+SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
+DEFAULT_SETS = ("core",)
+COMMON_TAGS = ("host", "service", "version")
+KINDS = ("relay", "bridge", "client")
+NS_REFRESH = 300.0
+INT64_MAX = 2 ** 63 - 1
+
+#: Every flag tor's authorities can give (dir-spec "known-flags", tor 0.4.9).
+FLAGS = ("Authority", "BadExit", "Exit", "Fast", "Guard", "HSDir", "MiddleOnly", "NoEdConsensus",
+         "Running", "Stable", "StaleDesc", "Sybil", "V2Dir", "Valid")
+
+CORE_KEYS = ("traffic/read", "traffic/written", "stats/ntor/requested", "stats/ntor/assigned",
+             "stats/tap/requested", "stats/tap/assigned", "circuit-status", "stream-status")
+#: Keys of the one GETINFO per poll, per set ("version" is always asked first).
+SET_KEYS = {
+    "core": CORE_KEYS,
+    "status": ("uptime", "network-liveness", "status/circuit-established", "dormant", "status/enough-dir-info",
+               "status/bootstrap-phase", "status/version/current", "process/descriptor-limit"),
+    "accounting": ("accounting/enabled", "accounting/bytes", "accounting/bytes-left", "accounting/interval-end",
+                   "accounting/hibernating"),
+    "guards": ("entry-guards",),
+    "bandwidth": ("bw-event-cache",),
+}
+#: Keys whose value is only counted, by non-empty lines, as it streams in.
+COUNTED_KEYS = frozenset({"circuit-status", "stream-status"})
+REACHABILITY_KEYS = ("status/reachability-succeeded/or", "status/reachability-succeeded/dir")
+BANDWIDTH_OPTIONS = ("Nickname", "BandwidthRate", "BandwidthBurst", "RelayBandwidthRate", "RelayBandwidthBurst",
+                     "MaxAdvertisedBandwidth")
+PROBE_COMMANDS = ("GETINFO fingerprint", "GETCONF BridgeRelay")
+
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
+NICKNAME_RE = re.compile(r"^[A-Za-z0-9]{1,19}$")
+WORD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+PROGRESS_RE = re.compile(r"\bPROGRESS=(\d{1,3})\b")
+DIGITS_RE = re.compile(r"^[0-9]{1,19}$")
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+def parse_int(text: str | None) -> int | None:
+    """A non-negative integer tor wrote, or None when it is not one (or exceeds int64)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not DIGITS_RE.match(text):
+        return None
+    value = int(text)
+    return value if value <= INT64_MAX else None
+
+
+def parse_bool(text: str | None) -> int | None:
+    value = parse_int(text)
+    return value if value in (0, 1) else None
+
+
+def parse_pair(text: str | None) -> tuple[int, int] | None:
+    parts = (text or "").split()
+    if len(parts) != 2:
+        return None
+    first, second = parse_int(parts[0]), parse_int(parts[1])
+    return None if first is None or second is None else (first, second)
+
+
+def parse_iso_time(text: str | None) -> int | None:
+    """tor's "YYYY-MM-DD HH:MM:SS" (UTC) as Unix time."""
+    try:
+        return calendar.timegm(time.strptime((text or "").strip(), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_word(text: str | None) -> str | None:
+    """A lower-case status word tor wrote (recommended, awake, ...), or None for anything else."""
+    word = (text or "").strip().lower()
+    return word if WORD_RE.match(word) else None
+
+
+def clean_version(text: str | None) -> str:
+    """tor's version answer as a tag value: its first word, only [A-Za-z0-9._+~-], at most 64."""
+    first = (text or "").strip().split(" ")[0]
+    return re.sub(r"[^A-Za-z0-9._+~-]", "_", first)[:64]
+
+
+def parse_ns(text: str | None) -> tuple[int | None, frozenset[str]]:
+    """From a router status entry (ns/id/<fp>): the consensus weight and the flags."""
+    weight, flags = None, frozenset()
+    for line in (text or "").splitlines():
+        if line.startswith("s "):
+            flags = frozenset(line[2:].split())
+        elif line.startswith("w "):
+            for item in line[2:].split():
+                if item.startswith("Bandwidth="):
+                    weight = parse_int(item[len("Bandwidth="):])
+    return weight, flags
+
+
+def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None]:
+    """(rate, burst) in bytes/s as tor computes what it advertises (relay_get_effective_bwrate /
+    _bwburst): rate = min(BandwidthRate, MaxAdvertisedBandwidth, RelayBandwidthRate if set),
+    burst = min(BandwidthBurst, RelayBandwidthBurst if set)."""
+    values = {k: parse_int(conf.get(k)) for k in BANDWIDTH_OPTIONS[1:]}
+    rate = burst = None
+    if values["BandwidthRate"] is not None:
+        rate = values["BandwidthRate"]
+        if values["MaxAdvertisedBandwidth"] is not None:
+            rate = min(rate, values["MaxAdvertisedBandwidth"])
+        if values["RelayBandwidthRate"]:
+            rate = min(rate, values["RelayBandwidthRate"])
+    if values["BandwidthBurst"] is not None:
+        burst = values["BandwidthBurst"]
+        if values["RelayBandwidthBurst"]:
+            burst = min(burst, values["RelayBandwidthBurst"])
+    return rate, burst
+
+
+# ------------------------------------------------------------------------------------ answers
+
+class Answers:
+    """Everything one poll of one tor got back. ``failed`` holds the sets whose question failed."""
+
+    __slots__ = ("values", "counts", "failed", "conf", "reach", "ns", "kind", "fingerprint", "nickname",
+                 "elapsed", "unknown")
+
+    def __init__(self):
+        self.values: dict[str, str | None] = {}
+        self.counts: dict[str, int] = {}
+        self.failed: set[str] = set()
+        self.conf: dict[str, str | None] | None = None
+        self.reach: dict[str, str | None] | None = None
+        self.ns: tuple[bool, int | None, frozenset[str]] | None = None  # (in consensus, weight, flags)
+        self.kind: str | None = None
+        self.fingerprint: str | None = None
+        self.nickname: str | None = None
+        self.elapsed: float | None = None  # seconds since this tor's previous poll
+        self.unknown: frozenset[str] = frozenset()  # keys this tor does not know
+
+
+Built = list[tuple[str, dict, tuple]]  # (measurement, fields, extra tags)
+
+
+def _core(a: Answers) -> Built:
+    out: Built = []
+    for measurement, pairs in CORE_MEASUREMENTS:
+        fields = {}
+        for field, key in pairs:
+            if key in COUNTED_KEYS:
+                if key in a.counts:
+                    fields[field] = a.counts[key]
+                elif key not in a.unknown:
+                    raise SourceError(Failure(Reason.PROTOCOL, f"tor's answer lacks {key}"))
+                continue
+            if key in a.unknown:
+                continue
+            value = parse_int(a.values.get(key))
+            if value is None:
+                what = "lacks" if key not in a.values else "has a non-integer for"
+                raise SourceError(Failure(Reason.PROTOCOL, f"tor's answer {what} {key}"))
+            fields[field] = value
+        if fields:
+            out.append((measurement, fields, ()))
+    return out
+
+
+CORE_MEASUREMENTS = (
+    ("traffic", (("read", "traffic/read"), ("written", "traffic/written"))),
+    ("connections", (("circuits_active", "circuit-status"), ("streams_active", "stream-status"))),
+    ("handshakes", (("ntor_requested", "stats/ntor/requested"), ("ntor_assigned", "stats/ntor/assigned"),
+                    ("tap_requested", "stats/tap/requested"), ("tap_assigned", "stats/tap/assigned"))),
+)
+
+
+def _status(a: Answers) -> Built:
+    v = a.values
+    liveness = (v.get("network-liveness") or "").strip()
+    progress = PROGRESS_RE.search(v.get("status/bootstrap-phase") or "")
+    fields = {
+        "uptime": parse_int(v.get("uptime")),
+        "network_liveness": {"up": 1, "down": 0}.get(liveness),
+        "circuit_established": parse_bool(v.get("status/circuit-established")),
+        "dormant": parse_bool(v.get("dormant")),
+        "enough_dir_info": parse_bool(v.get("status/enough-dir-info")),
+        "bootstrap_progress": int(progress.group(1)) if progress and int(progress.group(1)) <= 100 else None,
+        "version_status": parse_word(v.get("status/version/current")),
+        "descriptor_limit": parse_int(v.get("process/descriptor-limit")),
+    }
+    fields = {k: x for k, x in fields.items() if x is not None}
+    return [("status", fields, ())] if fields else []
+
+
+def _accounting(a: Answers) -> Built:
+    v = a.values
+    enabled = parse_bool(v.get("accounting/enabled"))
+    if enabled is None:
+        return []
+    fields: dict = {"enabled": enabled}
+    hibernating = parse_word(v.get("accounting/hibernating"))
+    if hibernating is not None:
+        fields["hibernating"] = hibernating
+    if enabled:  # without AccountingMax tor answers zeros and 1970: not written as if measured
+        used, left = parse_pair(v.get("accounting/bytes")), parse_pair(v.get("accounting/bytes-left"))
+        if used:
+            fields["read_bytes"], fields["written_bytes"] = used
+        if left:
+            fields["read_left"], fields["written_left"] = left
+        end = parse_iso_time(v.get("accounting/interval-end"))
+        if end:
+            fields["interval_end"] = end
+    return [("accounting", fields, ())]
+
+
+GUARD_STATES = {"up": "up", "down": "down", "never-connected": "never_connected", "unusable": "unusable"}
+
+
+def _guards(a: Answers) -> Built:
+    if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
+        return []
+    fields = dict.fromkeys(("up", "down", "never_connected", "unusable", "total"), 0)
+    for line in (a.values["entry-guards"] or "").splitlines():
+        words = line.split()
+        if len(words) < 2:
+            continue
+        fields["total"] += 1
+        state = GUARD_STATES.get(words[1])
+        if state:
+            fields[state] += 1
+    return [("guards", fields, ())]
+
+
+def _bandwidth(a: Answers) -> Built:
+    pairs = []
+    for item in (a.values.get("bw-event-cache") or "").split():
+        read, _, written = item.partition(",")
+        r, w = parse_int(read), parse_int(written)
+        if r is not None and w is not None:
+            pairs.append((r, w))
+    if not pairs:
+        return []
+    seconds = len(pairs) if a.elapsed is None else max(1, min(len(pairs), round(a.elapsed)))
+    recent = pairs[-seconds:]
+    reads, writes = [r for r, _ in recent], [w for _, w in recent]
+    return [("bandwidth", {"read_rate_max": max(reads), "written_rate_max": max(writes),
+                           "read_rate_mean": sum(reads) / len(reads), "written_rate_mean": sum(writes) / len(writes),
+                           "seconds": len(recent)}, ())]
+
+
+def _relay(a: Answers) -> Built:
+    if a.kind not in ("relay", "bridge") or not a.fingerprint:
+        return []
+    tags = (("fingerprint", a.fingerprint), ("nickname", a.nickname or "Unnamed"))
+    fields: dict = {}
+    if a.conf is not None:
+        rate, burst = effective_rates(a.conf)
+        if rate is not None:
+            fields["effective_rate"] = rate
+        if burst is not None:
+            fields["effective_burst"] = burst
+    if a.reach is not None:
+        reach_or = parse_bool(a.reach.get("status/reachability-succeeded/or"))
+        reach_dir = parse_bool(a.reach.get("status/reachability-succeeded/dir"))
+        if reach_or is not None:
+            fields["reachable_or"] = reach_or
+        if reach_dir is not None and a.kind == "relay":
+            fields["reachable_dir"] = reach_dir
+    if a.kind == "relay" and a.ns is not None:  # bridges are in no consensus: nothing said
+        listed, weight, flags = a.ns
+        fields["in_consensus"] = int(listed)
+        if listed and weight is not None:
+            fields["consensus_weight"] = weight
+        for flag in FLAGS:
+            fields["flag_" + flag.lower()] = int(listed and flag in flags)
+    return [("relay", fields, tags)] if fields else []
+
+
+BUILDERS: dict[str, Callable[[Answers], Built]] = {
+    "core": _core, "status": _status, "relay": _relay, "accounting": _accounting, "guards": _guards,
+    "bandwidth": _bandwidth,
+}
+
+
+class Plan:
+    """What to ask of one tor for the configured sets, and how to make samples of the answers."""
+
+    def __init__(self, sets: tuple[str, ...] = DEFAULT_SETS):
+        unknown = [s for s in sets if s not in SET_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metric sets: {unknown}")
+        self.sets = tuple(s for s in SET_NAMES if s in sets)
+        self.needs_kind = "relay" in self.sets or "guards" in self.sets
+
+    def main_sets(self, kind: str | None) -> tuple[str, ...]:
+        """The sets asked in the one GETINFO (relay has its own questions; guards only off relays)."""
+        relayish = kind in ("relay", "bridge")
+        return tuple(s for s in self.sets if s in SET_KEYS and not (s == "guards" and (relayish or kind is None)))
+
+    @staticmethod
+    def keys(sets: tuple[str, ...], unknown: frozenset[str] = frozenset()) -> list[str]:
+        keys = ["version"]
+        for name in sets:
+            keys += [k for k in SET_KEYS[name] if k not in unknown]
+        return keys
+
+    def wants_relay(self, kind: str | None) -> bool:
+        return "relay" in self.sets and kind in ("relay", "bridge")
+
+    def build(self, answers: Answers) -> Built:
+        """(measurement, fields, extra tags) of every set that answered; core failures raise."""
+        out: Built = []
+        for name in self.sets:
+            if name not in answers.failed:
+                out += BUILDERS[name](answers)
+        return out
+
+
+# ------------------------------------------------------------------------------------ schema
+
+def _f(name, type_, origin, unit="", description=""):
+    return FieldSpec(name, type_, origin, unit, description)
+
+
+_RELAY_TAGS = COMMON_TAGS + ("fingerprint", "nickname")
+SCHEMA = (
+    MeasurementSpec("traffic", "control-port", "core", (
+        _f("read", "integer", "GETINFO traffic/read", "bytes", "bytes tor read since it started"),
+        _f("written", "integer", "GETINFO traffic/written", "bytes", "bytes tor wrote since it started")),
+        COMMON_TAGS, default=True, description="counters since tor started (reset when it restarts)"),
+    MeasurementSpec("connections", "control-port", "core", (
+        _f("circuits_active", "integer", "GETINFO circuit-status (lines)", "circuits",
+           "circuits this tor built itself (not relayed ones)"),
+        _f("streams_active", "integer", "GETINFO stream-status (lines)", "streams",
+           "this tor's own client streams")), COMMON_TAGS, default=True),
+    MeasurementSpec("handshakes", "control-port", "core", tuple(
+        _f(f"{k}_{s}", "integer", f"GETINFO stats/{k}/{s}", "handshakes",
+           "ntor v1 only on tor 0.4.9 (ntor v3 is on the MetricsPort); reset at each heartbeat")
+        for k in ("ntor", "tap") for s in ("requested", "assigned")), COMMON_TAGS, default=True),
+    MeasurementSpec("status", "control-port", "status", (
+        _f("uptime", "integer", "GETINFO uptime", "s"),
+        _f("network_liveness", "integer", "GETINFO network-liveness", "", "1 up, 0 down"),
+        _f("circuit_established", "integer", "GETINFO status/circuit-established", "", "0/1"),
+        _f("dormant", "integer", "GETINFO dormant", "", "1 = dormant"),
+        _f("enough_dir_info", "integer", "GETINFO status/enough-dir-info", "", "0/1"),
+        _f("bootstrap_progress", "integer", "GETINFO status/bootstrap-phase (PROGRESS=)", "%"),
+        _f("version_status", "string", "GETINFO status/version/current", "",
+           "recommended, obsolete, new, old, unrecommended, unknown, ..."),
+        _f("descriptor_limit", "integer", "GETINFO process/descriptor-limit", "file descriptors")),
+        COMMON_TAGS),
+    MeasurementSpec("relay", "control-port", "relay", (
+        _f("consensus_weight", "integer", "GETINFO ns/id/<fingerprint> (w Bandwidth=)", "",
+           "absent while not in the consensus"),
+        _f("in_consensus", "integer", "GETINFO ns/id/<fingerprint>", "", "0/1; relays only"),
+        *(_f("flag_" + flag.lower(), "integer", "GETINFO ns/id/<fingerprint> (s line)", "",
+             f"1 when the consensus gives the {flag} flag; relays only") for flag in FLAGS),
+        _f("effective_rate", "integer", "GETCONF BandwidthRate, RelayBandwidthRate, MaxAdvertisedBandwidth",
+           "bytes/s"),
+        _f("effective_burst", "integer", "GETCONF BandwidthBurst, RelayBandwidthBurst", "bytes/s"),
+        _f("reachable_or", "integer", "GETINFO status/reachability-succeeded/or", "", "0/1"),
+        _f("reachable_dir", "integer", "GETINFO status/reachability-succeeded/dir", "", "0/1; relays only")),
+        _RELAY_TAGS, kinds=("relay", "bridge")),
+    MeasurementSpec("accounting", "control-port", "accounting", (
+        _f("enabled", "integer", "GETINFO accounting/enabled", "", "0/1"),
+        _f("read_bytes", "integer", "GETINFO accounting/bytes", "bytes", "in this interval; only when enabled"),
+        _f("written_bytes", "integer", "GETINFO accounting/bytes", "bytes", "only when enabled"),
+        _f("read_left", "integer", "GETINFO accounting/bytes-left", "bytes", "only when enabled"),
+        _f("written_left", "integer", "GETINFO accounting/bytes-left", "bytes", "only when enabled"),
+        _f("interval_end", "integer", "GETINFO accounting/interval-end", "Unix time", "only when enabled"),
+        _f("hibernating", "string", "GETINFO accounting/hibernating", "", "awake, soft, hard")), COMMON_TAGS),
+    MeasurementSpec("guards", "control-port", "guards", tuple(
+        _f(state, "integer", "GETINFO entry-guards", "guards") for state in
+        ("up", "down", "never_connected", "unusable", "total")), COMMON_TAGS, kinds=("client",)),
+    MeasurementSpec("bandwidth", "control-port", "bandwidth", (
+        _f("read_rate_max", "integer", "GETINFO bw-event-cache", "bytes/s", "highest second since the last poll"),
+        _f("written_rate_max", "integer", "GETINFO bw-event-cache", "bytes/s"),
+        _f("read_rate_mean", "float", "GETINFO bw-event-cache", "bytes/s", "mean since the last poll"),
+        _f("written_rate_mean", "float", "GETINFO bw-event-cache", "bytes/s"),
+        _f("seconds", "integer", "GETINFO bw-event-cache", "s", "seconds the figures cover")), COMMON_TAGS),
+)

@@ -1,0 +1,502 @@
+"""One tor's control connection: a state machine the poll loop drives, never blocking.
+
+A session keeps one authenticated connection open across polls. :meth:`ControlSession.start`
+begins a poll: on a live connection it sends the poll's questions at once (pipelined: one round
+trip), otherwise it connects first (resolving a DNS name in the loop's resolver), reads
+PROTOCOLINFO, authenticates as tor offers, learns the node's kind when a metric set needs it,
+and then asks. Every step is bounded by the poll's deadline (TOR_TIMEOUT from its start) and by
+the reply reader's size limits; every failure closes the connection and reports a typed
+:class:`~tor2influxdb2.errors.Failure`.
+
+Authentication follows stem's order (no authentication, password, SAFECOOKIE) and uses stem to
+parse PROTOCOLINFO and AUTHCHALLENGE replies and for SAFECOOKIE's constants. Plain COOKIE
+authentication, which would send the cookie file's content to whatever answers on the port, is
+not used: every tor since 0.2.3 offers SAFECOOKIE beside it, which proves that the peer knows
+the cookie before the daemon sends anything derived from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import hmac
+import os
+import socket
+import stat
+import time
+from typing import Callable
+
+from ...errors import Failure, Reason, SourceError
+from ...model import Sample, make_tags
+from ...redact import REDACTOR, clip
+from ...targets import TorHost
+from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,
+                         PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version)
+from .protocol import ProtocolViolation, Reply, ReplyReader, quote
+
+# States
+CLOSED, RESOLVING, CONNECTING, SETUP, READY, POLLING = "closed", "resolving", "connecting", "setup", "ready", "polling"
+
+COOKIE_SIZE = 32
+
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: (Reason.REFUSED, "connection refused"),
+    errno.ENOENT: (Reason.REFUSED, "no such socket file"),
+    errno.ECONNRESET: (Reason.CLOSED, "connection reset"),
+    errno.EPIPE: (Reason.CLOSED, "connection closed"),
+    errno.ENETUNREACH: (Reason.UNREACHABLE, "network unreachable"),
+    errno.EHOSTUNREACH: (Reason.UNREACHABLE, "no route to host"),
+    errno.EADDRNOTAVAIL: (Reason.UNREACHABLE, "address not available"),
+    errno.ETIMEDOUT: (Reason.TIMEOUT, "connection timed out"),
+    errno.EACCES: (Reason.REFUSED, "permission denied"),
+    errno.EMFILE: (Reason.INTERNAL, "too many open files (raise the open-file limit: ulimit -n)"),
+    errno.ENFILE: (Reason.INTERNAL, "too many open files in the system"),
+}
+
+
+def os_failure(err: int | OSError) -> Failure:
+    code = err.errno if isinstance(err, OSError) else err
+    reason, text = _ERRNO_REASONS.get(code, (Reason.CLOSED, None))
+    if text is None:
+        text = os.strerror(code) if code else clip(err)
+    return Failure(reason, text)
+
+
+class TagPolicy:
+    """Which common tags samples carry (INFLUX_SERVICE_TAG, INFLUX_SEND_VERSION_TAG)."""
+
+    __slots__ = ("service", "send_version")
+
+    def __init__(self, service: str = "tor", send_version: bool = True):
+        self.service, self.send_version = service, send_version
+
+    def tags(self, name: str, version: str) -> dict[str, str]:
+        tags = {"host": name}
+        if self.send_version and version:
+            tags["version"] = version
+        if self.service:
+            tags["service"] = self.service
+        return tags
+
+
+class ControlSession:
+    """The control connection of one tor (see the module's docstring).
+
+    The loop calls :meth:`handle` when the socket is ready and :meth:`expire` when the deadline
+    passed. When a poll ends, ``on_done(session, samples, failure)`` is called exactly once."""
+
+    def __init__(self, host: TorHost, plan: Plan, tags: TagPolicy, timeout: float, loop,
+                 warn: Callable[[str], None] = lambda text: None):
+        self.host, self.plan, self.tag_policy, self.timeout, self.loop = host, plan, tags, timeout, loop
+        self.warn = warn
+        self.state = CLOSED
+        self.sock: socket.socket | None = None
+        self.reader: ReplyReader | None = None
+        self.out = b""
+        self.pending: collections.deque = collections.deque()
+        self.deadline = 0.0
+        self.connects = 0
+        self.confirmed = host.password_given
+        self.warned: set[str] = set()
+        self._tag_cache: tuple[str, tuple] | None = None
+        self.last_poll: float | None = None
+        self.on_done: Callable | None = None
+        self._forget()
+
+    def _forget(self) -> None:
+        """What is learnt per connection (a restarted tor may be another version or kind)."""
+        self.kind: str | None = None
+        self.fingerprint: str | None = None
+        self.nickname: str | None = None
+        self.unknown: frozenset[str] = frozenset()
+        self.split = False
+        self.ns: tuple | None = None
+        self.ns_at = float("-inf")
+        self._cookie: bytes | None = None
+        self._nonce: bytes | None = None
+
+    # ------------------------------------------------------------------ what the loop calls
+    @property
+    def busy(self) -> bool:
+        return self.on_done is not None
+
+    @property
+    def display(self) -> str:
+        """The name to show: the entry's name once it cannot be a password any more."""
+        return self.host.name if self.confirmed else self.host.anonymous
+
+    def start(self, now: float, on_done: Callable) -> None:
+        """Begin a poll that must end by now + timeout."""
+        self.on_done = on_done
+        self.deadline = now + self.timeout
+        self.loop.schedule(self)
+        self.answers = Answers()
+        self.answers.elapsed = None if self.last_poll is None else now - self.last_poll
+        self.collected_ms = 0
+        self.retried = False
+        self.reused = self.state == READY
+        if self.state == READY:
+            self._ask()
+        else:
+            self._connect()
+
+    def handle(self, readable: bool, writable: bool) -> None:
+        try:
+            if writable:
+                if self.state == CONNECTING:
+                    self._connected()
+                elif self.out:
+                    self._flush()
+            if readable and self.sock is not None:
+                self._read()
+        except SourceError as exc:
+            self._fail(exc.failure)
+        except ProtocolViolation as exc:
+            self._fail(exc.failure)
+        except OSError as exc:
+            self._fail(os_failure(exc))
+
+    def expire(self, now: float) -> None:
+        if self.busy and now >= self.deadline:
+            what = "no answer" if self.state in (SETUP, POLLING) else "no connection"
+            self._fail(Failure(Reason.TIMEOUT, f"{what} within {self.timeout:g} s"))
+
+    def resolved(self, infos: list | None, error: Failure | None) -> None:
+        if self.state != RESOLVING:
+            return
+        if error is not None:
+            self._fail(error)
+        elif not infos:
+            self._fail(Failure(Reason.RESOLVE, "cannot resolve host (no address)"))
+        else:
+            family, addr = infos[0]
+            self._open(family, addr)
+
+    def close(self) -> None:
+        """Close the connection; a poll in progress ends with 'stopping'."""
+        self._fail(Failure(Reason.STOPPING, "stopping"), retry=False)
+
+    # ------------------------------------------------------------------ connecting
+    def _connect(self) -> None:
+        host = self.host
+        if host.socket_path is not None:
+            self._open(socket.AF_UNIX, host.socket_path)
+            return
+        try:
+            import ipaddress
+            ip = ipaddress.ip_address(host.address)
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            self._open(family, (host.address, host.port))
+        except ValueError:
+            self.state = RESOLVING
+            self.loop.resolve(host.address, host.port, self)
+
+    def _open(self, family: int, addr) -> None:
+        self._close_socket()
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fail(os_failure(exc))
+            return
+        sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        err = sock.connect_ex(addr)
+        if err in (0, errno.EINPROGRESS, errno.EAGAIN):
+            self.state = CONNECTING
+            self.loop.watch(self, read=False, write=True)
+        else:
+            self._fail(os_failure(err))
+
+    def _connected(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        self.state = SETUP
+        self.reader = ReplyReader(keep_lines=True)
+        self.pending = collections.deque([self._on_protocolinfo])
+        self._send("PROTOCOLINFO 1")
+
+    # ------------------------------------------------------------------ authentication
+    def _on_protocolinfo(self, reply: Reply) -> None:
+        import stem
+        import stem.connection
+        import stem.response
+        if not reply.ok:
+            raise SourceError(Failure(Reason.PROTOCOL, f"tor answered {reply.status} to PROTOCOLINFO: "
+                                                       f"{clip(reply.message, 120)}"))
+        try:
+            info = reply.as_stem()
+            stem.response.convert("PROTOCOLINFO", info)
+        except (stem.ProtocolError, ValueError, TypeError):
+            raise SourceError(Failure(Reason.PROTOCOL, "the PROTOCOLINFO answer is malformed: "
+                                                       "is this tor's ControlPort?")) from None
+        methods = set(info.auth_methods)
+        Method = stem.connection.AuthMethod
+        if Method.NONE in methods:
+            self._authenticate("AUTHENTICATE")
+        elif Method.PASSWORD in methods and self.host.password is not None:
+            self._authenticate("AUTHENTICATE " + quote(self.host.password))
+        elif Method.SAFECOOKIE in methods and info.cookie_path:
+            self._cookie = self._read_cookie(info.cookie_path)
+            self._nonce = os.urandom(32)
+            self.pending.append(self._on_authchallenge)
+            self._send("AUTHCHALLENGE SAFECOOKIE " + self._nonce.hex().upper())
+        elif Method.PASSWORD in methods:
+            label = self.host.label or "the entry"
+            raise SourceError(Failure(Reason.AUTH, f"tor asks for a password and {label} gives none (if its last "
+                                                   "field is the password, write HOST:PORT:PASSWORD:NAME)"))
+        elif Method.COOKIE in methods:
+            raise SourceError(Failure(Reason.AUTH, "tor offers only COOKIE authentication, which would send its "
+                                                   "cookie in clear to whatever answers; use SAFECOOKIE (any tor "
+                                                   "since 0.2.3) or a password"))
+        else:
+            raise SourceError(Failure(Reason.AUTH, "tor offers no authentication method this daemon supports"))
+
+    def _read_cookie(self, path: str) -> bytes:
+        """tor's cookie, read without blocking and only from a regular file of 32 bytes (the path
+        comes from the peer)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        except OSError as exc:
+            raise SourceError(Failure(Reason.AUTH, f"cannot read tor's cookie file {clip(path, 120)}: "
+                                                   f"{exc.strerror} (mount tor's data directory at the same "
+                                                   "path, readable by this daemon's user)")) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != COOKIE_SIZE:
+                raise SourceError(Failure(Reason.AUTH, f"tor's cookie file {clip(path, 120)} is not a "
+                                                       f"{COOKIE_SIZE}-byte file"))
+            cookie = os.read(fd, COOKIE_SIZE + 1)
+        finally:
+            os.close(fd)
+        if len(cookie) != COOKIE_SIZE:
+            raise SourceError(Failure(Reason.AUTH, f"tor's cookie file {clip(path, 120)} is not a "
+                                                   f"{COOKIE_SIZE}-byte file"))
+        return cookie
+
+    def _on_authchallenge(self, reply: Reply) -> None:
+        import stem
+        import stem.connection
+        import stem.response
+        if not reply.ok:
+            raise SourceError(Failure(Reason.AUTH, f"tor refused AUTHCHALLENGE: {clip(reply.message, 120)}"))
+        try:
+            challenge = reply.as_stem()
+            stem.response.convert("AUTHCHALLENGE", challenge)
+        except (stem.ProtocolError, ValueError, TypeError):
+            raise SourceError(Failure(Reason.PROTOCOL, "the AUTHCHALLENGE answer is malformed")) from None
+        material = self._cookie + self._nonce + challenge.server_nonce
+        expected = hmac.new(stem.connection.SERVER_HASH_CONSTANT, material, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, challenge.server_hash):
+            raise SourceError(Failure(Reason.AUTH, "the peer does not know tor's cookie (SAFECOOKIE server hash "
+                                                   "wrong): not the tor whose cookie file this is"))
+        client = hmac.new(stem.connection.CLIENT_HASH_CONSTANT, material, hashlib.sha256).digest()
+        self._cookie = self._nonce = None
+        self._authenticate("AUTHENTICATE " + client.hex().upper())
+
+    def _authenticate(self, command: str) -> None:
+        self.pending.append(self._on_authenticate)
+        self._send(command)
+
+    def _on_authenticate(self, reply: Reply) -> None:
+        if not reply.ok:
+            what = "password" if self.host.password is not None else "authentication"
+            raise SourceError(Failure(Reason.AUTH, f"authentication failed: tor refused the {what} "
+                                                   f"({reply.status} {clip(reply.message, 120)})"))
+        self.connects += 1
+        self.confirmed = True
+        self.reader = ReplyReader(counted=COUNTED_KEYS)
+        if self.plan.needs_kind:
+            self.pending.extend([self._on_probe_fingerprint, self._on_probe_bridge])
+            self._send("\r\n".join(PROBE_COMMANDS))
+        else:
+            self._ready()
+
+    def _on_probe_fingerprint(self, reply: Reply) -> None:
+        if reply.ok:
+            fp = (reply.values.get("fingerprint") or "").strip().upper()
+            if FINGERPRINT_RE.match(fp):
+                self.fingerprint, self.kind = fp, "relay"
+        elif reply.status == 551:
+            self.kind = "client"
+
+    def _on_probe_bridge(self, reply: Reply) -> None:
+        if reply.ok and self.kind == "relay" and (reply.values.get("BridgeRelay") or "").strip() == "1":
+            self.kind = "bridge"
+        self._ready()
+
+    def _ready(self) -> None:
+        self.state = READY
+        if self.busy:
+            self._ask()
+
+    # ------------------------------------------------------------------ polling
+    def _ask(self) -> None:
+        """Send every question of this poll at once; their replies come back in order."""
+        self.state = POLLING
+        commands = []
+        sets = self.plan.main_sets(self.kind)
+        groups = [(s,) for s in sets] if self.split else [sets]
+        for group in groups:
+            commands.append(self._question_main(group))
+        if self.plan.wants_relay(self.kind):
+            commands.append(("GETINFO " + " ".join(REACHABILITY_KEYS), self._on_reachability))
+            commands.append(("GETCONF " + " ".join(BANDWIDTH_OPTIONS), self._on_conf))
+            if self.kind == "relay" and time.monotonic() - self.ns_at >= NS_REFRESH:
+                commands.append((f"GETINFO ns/id/{self.fingerprint}", self._on_ns))
+        self.pending.extend(handler for _, handler in commands)
+        self._send("\r\n".join(command for command, _ in commands))
+
+    def _question_main(self, group: tuple[str, ...]):
+        keys = self.plan.keys(group, self.unknown)
+        return "GETINFO " + " ".join(keys), lambda reply: self._on_main(group, reply)
+
+    def _on_main(self, group: tuple[str, ...], reply: Reply) -> None:
+        if reply.ok:
+            if not self.collected_ms:
+                self.collected_ms = time.time_ns() // 1_000_000
+            self.answers.values.update(reply.values)
+            self.answers.counts.update(reply.counts)
+            return
+        key = reply.unrecognized_key()
+        if key is not None and key != "version" and key in self.plan.keys(group) and key not in self.unknown:
+            self.unknown |= {key}
+            if key not in self.warned:
+                self.warned.add(key)
+                self.warn(f"tor does not know {clip(key, 80)}; polling it without it from now on")
+            self._resend(self._question_main(group))
+            return
+        if len(group) > 1:  # one failing set must not cost the others: ask each set alone
+            self.split = True
+            for name in group:
+                self._resend(self._question_main((name,)))
+            return
+        if group == ("core",) or not group:
+            raise SourceError(reply.failure("GETINFO"))
+        self.answers.failed.add(group[0])
+
+    def _resend(self, question) -> None:
+        command, handler = question
+        self.pending.append(handler)
+        self._send(command)
+
+    def _on_reachability(self, reply: Reply) -> None:
+        if reply.ok:
+            self.answers.reach = reply.values
+        else:
+            self.answers.failed.add("relay")
+
+    def _on_conf(self, reply: Reply) -> None:
+        if not reply.ok:
+            self.answers.failed.add("relay")
+            return
+        self.answers.conf = reply.values
+        nickname = (reply.values.get("Nickname") or "").strip()
+        self.nickname = nickname if NICKNAME_RE.match(nickname) else "Unnamed"
+
+    def _on_ns(self, reply: Reply) -> None:
+        from .metricsets import parse_ns
+        if reply.ok:
+            weight, flags = parse_ns(reply.values.get(f"ns/id/{self.fingerprint}"))
+            self.ns = (True, weight, flags)
+        elif reply.status in (551, 552):
+            self.ns = (False, None, frozenset())
+        else:
+            self.answers.failed.add("relay")
+            return
+        self.ns_at = time.monotonic()
+
+    def _finish_poll(self) -> None:
+        a = self.answers
+        a.kind, a.fingerprint, a.nickname, a.ns, a.unknown = (self.kind, self.fingerprint, self.nickname, self.ns,
+                                                              self.unknown)
+        version = clean_version(a.values.get("version"))
+        built = self.plan.build(a)  # raises SourceError when core is broken
+        base = self._base_tags(version)
+        time_ms = self.collected_ms or time.time_ns() // 1_000_000
+        samples = [Sample(m, make_tags(base + extra) if extra else base, fields, time_ms)
+                   for m, fields, extra in built]
+        self.state = READY
+        self.last_poll = self.deadline - self.timeout
+        self._done(samples, None)
+
+    def _base_tags(self, version: str) -> tuple:
+        cache = self._tag_cache
+        if cache is None or cache[0] != version:
+            cache = self._tag_cache = (version, make_tags(self.tag_policy.tags(self.host.name, version)))
+        return cache[1]
+
+    # ------------------------------------------------------------------ I/O
+    def _send(self, text: str) -> None:
+        data = (text + "\r\n").encode("utf-8")
+        if self.out:
+            self.out += data
+        else:
+            self.out = data
+            self._flush()
+        self.loop.watch(self, read=True, write=bool(self.out))
+
+    def _flush(self) -> None:
+        sent = self.sock.send(self.out)
+        self.out = self.out[sent:]
+        if not self.out:
+            self.loop.watch(self, read=True, write=False)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            if self.state == READY and not self.busy:  # tor hung up between polls (restarted?)
+                self._close_socket()
+                return
+            raise SourceError(Failure(Reason.CLOSED, "tor closed the connection"))
+        for reply in self.reader.feed(data):
+            if not self.pending:
+                raise SourceError(Failure(Reason.PROTOCOL, "tor sent a reply to no question"))
+            self.pending.popleft()(reply)
+            if self.sock is None:  # a handler failed the poll
+                return
+        if not self.pending and self.state == POLLING:
+            if self.reader.idle:
+                self._finish_poll()
+
+    # ------------------------------------------------------------------ ending
+    def _fail(self, failure: Failure, retry: bool = True) -> None:
+        reused = self.state == POLLING and self.reused and not self.retried
+        self._close_socket()
+        if not self.busy:
+            return
+        if retry and reused and failure.reason in (Reason.CLOSED, Reason.REFUSED) \
+                and time.monotonic() < self.deadline - 0.05:
+            # the kept connection broke as we asked (tor restarted since the last poll): one new try
+            self.retried, self.reused = True, False
+            self.answers = Answers()
+            self._connect()
+            return
+        self._done(None, failure)
+
+    def _done(self, samples, failure) -> None:
+        callback, self.on_done = self.on_done, None
+        self.loop.unschedule(self)
+        if callback is not None:
+            callback(self, samples, failure)
+
+    def _close_socket(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.loop.unwatch(self, sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self.reader = None
+        self.out = b""
+        self.pending.clear()
+        if self.state != CLOSED:
+            self._forget()
+        self.state = CLOSED

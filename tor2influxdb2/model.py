@@ -89,3 +89,22 @@ class MeasurementSpec:
         return {"measurement": self.name, "source": self.source, "set": self.group,
                 "default": self.default, "written_by": list(self.kinds), "tags": list(self.tags),
                 "fields": [f.as_json() for f in self.fields], "description": self.description}
+
+
+@dataclasses.dataclass(frozen=True)
+class TorStatus:
+    """What a sink that shows the current state (Prometheus) needs to know of one tor after a cycle.
+
+    ``up`` is True when this cycle's poll succeeded; ``samples`` are then that poll's samples.
+    When it failed, ``samples`` is empty: a sink must never show old values as if fresh.
+    ``last_success`` is the Unix time of the last successful poll (None if never); ``error`` a short,
+    redacted reason when down. ``sources`` maps each source ("control-port", "metricsport") to
+    whether it answered this cycle (a tor without a MetricsPort has only "control-port")."""
+
+    name: str
+    service: str
+    up: bool
+    last_success: float | None
+    samples: tuple[Sample, ...] = ()
+    error: str | None = None
+    sources: Mapping[str, bool] = dataclasses.field(default_factory=dict)

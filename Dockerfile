@@ -27,6 +27,7 @@ FROM ${BASE_IMAGE}
 
 COPY --from=deps /opt/tor2influxdb2/venv /opt/tor2influxdb2/venv
 COPY tor_to_influxdb2.py healthcheck.sh /opt/tor2influxdb2/
+COPY tor2influxdb2/ /opt/tor2influxdb2/tor2influxdb2/
 
 # Where files live, so that both a plain `docker run` (as the fixed user below) and
 # `docker run --read-only --tmpfs /tmp` work with no other flag:
@@ -40,6 +41,7 @@ COPY tor_to_influxdb2.py healthcheck.sh /opt/tor2influxdb2/
 # The daemon runs as a module from bytecode compiled here (compiling the source at every start
 # would add ~3.5 MB to its peak memory, see the README's benchmarks).
 RUN /opt/tor2influxdb2/venv/bin/python3 -m compileall -q /opt/tor2influxdb2/tor_to_influxdb2.py \
+        /opt/tor2influxdb2/tor2influxdb2 \
  && mkdir -p /var/lib/tor2influxdb2 \
  && chown 10001:10001 /var/lib/tor2influxdb2 \
  && chmod 0750 /var/lib/tor2influxdb2 \

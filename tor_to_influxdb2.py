@@ -93,13 +93,6 @@ def main(argv: list[str] | None = None, env=None) -> int:
         # restores SIG_DFL for its own handlers while it shuts down): ignore them.
         for sig in STOP_SIGNALS + STATUS_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-    # A poll stuck where nothing can interrupt it (a DNS lookup) would make the interpreter wait
-    # for its thread at exit: leave at once instead, everything that matters is closed or on disk.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    stuck = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    if stuck:
-        os._exit(status)
     return status
 
 
@@ -116,5 +109,23 @@ def entry() -> int:
         return 130
 
 
+def leave(status: int) -> None:
+    """Exit without the interpreter's shutdown. Everything that matters is closed or on disk by now;
+    what is left are daemon threads (a DNS lookup that cannot be interrupted, a timer), and a daemon
+    thread frozen by the shutdown while it holds a lock (logging's) would hang the exit for ever."""
+    import logging
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe
+            pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(entry())
+    leave(entry())

@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from support import Tor, VictoriaMetrics
-
+from support import ROOT, Tor, VictoriaMetrics, run_daemon
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +34,22 @@ def make_tor(tmp_path):
     yield factory
     for tor in started:
         tor.stop()
+
+
+@pytest.fixture
+def as_other_user():
+    """run_daemon as a user that is not root: as root, as uid/gid 65534 (nobody), who cannot read
+    what the test made unreadable; as an ordinary user, as that user."""
+    import os
+    import site
+
+    def run(env, *args):
+        if os.geteuid() != 0:
+            return run_daemon(env, *args)
+        # root's pyenv Python lives under /root (0700): run Debian's Python 3.11 with the venv's packages
+        if not os.access("/usr/bin/python3", os.X_OK):
+            pytest.skip("no /usr/bin/python3 for a run as another user")
+        packages = [p for p in site.getsitepackages() if p.startswith(str(ROOT))]
+        return run_daemon({**env, "PYTHONPATH": os.pathsep.join(packages)}, *args, python="/usr/bin/python3",
+                          user=65534, group=65534)
+    return run

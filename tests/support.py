@@ -319,8 +319,8 @@ class Daemon:
         return rc
 
 
-def run_daemon(env: dict[str, str], *args: str, timeout: float = 60, python: str = sys.executable):
+def run_daemon(env: dict[str, str], *args: str, timeout: float = 60, python: str = sys.executable, **popen):
     """Run the daemon to completion (e.g. -t or a bad configuration); CompletedProcess."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
     return subprocess.run([python, str(DAEMON), *args], env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, **popen)

@@ -184,7 +184,9 @@ def test_build_context_holds_only_what_the_image_needs(image, base_image):
     found = re.search(r"^(?:#\d+ [\d.]+ )?context: (.*)$", output, re.M)
     assert found, output
     names = sorted(n.removeprefix("./") for n in found.group(1).split())
-    assert names == ["healthcheck.sh", "requirements.txt", "tor_to_influxdb2.py"], names
+    package = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tor2influxdb2").rglob("*")
+                     if "__pycache__" not in p.parts)
+    assert names == sorted(["healthcheck.sh", "requirements.txt", "tor_to_influxdb2.py", "tor2influxdb2", *package]), names
 
 
 @docker

@@ -1,62 +1,36 @@
-"""Section 1, settings: every TOR_HOSTS form and every bad configuration."""
+"""settings: every variable, its bounds, the secrets, and every bad configuration reported at once."""
 
 import pytest
 
-import tor_to_influxdb2 as t2i
 from support import run_daemon
+from tor2influxdb2.errors import ConfigError
+from tor2influxdb2.redact import Redactor
+from tor2influxdb2.settings import config_from_env
 
 INFLUX = {"INFLUX_HOST": "influxdb", "INFLUX_ORGANIZATION": "org", "INFLUX_BUCKET": "bucket",
           "INFLUX_TOKEN": "tok-en-123"}
 
 
 def settings(**env):
-    return t2i.config_from_env({**INFLUX, **env})
+    return config_from_env({**INFLUX, **env}, redactor=Redactor())
 
 
-def problems_of(env, test_mode=False):
-    with pytest.raises(t2i.ConfigError) as info:
-        t2i.config_from_env(env, test_mode=test_mode)
+def problems_of(env, mode="daemon"):
+    with pytest.raises(ConfigError) as info:
+        config_from_env(env, mode=mode, redactor=Redactor())
     return info.value.problems
 
 
-# ----------------------------------------------------------------------------- TOR_HOSTS forms
-
-@pytest.mark.parametrize("entry, expected", [
-    ("192.168.0.1:9051:rpi2", dict(address="192.168.0.1", port=9051, password=None, name="rpi2")),
-    ("10.0.0.2:9051:mypassw0rd:rpi3", dict(address="10.0.0.2", port=9051, password="mypassw0rd", name="rpi3")),
-    ("10.0.0.2:9051:pa:ss:wo:rd:rpi3", dict(address="10.0.0.2", port=9051, password="pa:ss:wo:rd", name="rpi3")),
-    ("raspberry.home:9051:rpi3", dict(address="raspberry.home", port=9051, password=None, name="rpi3")),
-    ("tor_relay:9051:pw:relay", dict(address="tor_relay", port=9051, password="pw", name="relay")),
-    ("localhost:9051:local", dict(address="localhost", port=9051, password=None, name="local")),
-    ("[::1]:9051:v6", dict(address="::1", port=9051, password=None, name="v6")),
-    ("[2001:db8::7]:9051:p:w:v6", dict(address="2001:db8::7", port=9051, password="p:w", name="v6")),
-    ("10.0.0.2:9051::nopw", dict(address="10.0.0.2", port=9051, password=None, name="nopw")),
-    ("unix:/run/tor/control:sock", dict(socket_path="/run/tor/control", password=None, name="sock")),
-    ("unix:/run/tor/control:se:cret:sock", dict(socket_path="/run/tor/control", password="se:cret", name="sock")),
-])
-def test_tor_host_forms(entry, expected):
-    host = t2i.parse_tor_host(entry)
-    for key, value in expected.items():
-        assert getattr(host, key) == value, key
-
-
-def test_entries_are_split_on_commas_and_spaces_ignored():
-    s = settings(TOR_HOSTS=" 127.0.0.1:9051:pw:a ,  [::1]:9052:b,unix:/run/c.sock:c ")
+def test_entries_are_split_on_commas_spaces_and_empty_entries_ignored():
+    s = settings(TOR_HOSTS=" 127.0.0.1:9051:pw:a ,  [::1]:9052:b,,unix:/run/c.sock:c ,")
     assert [h.name for h in s.tor_hosts] == ["a", "b", "c"]
     assert [h.where for h in s.tor_hosts] == ["127.0.0.1:9051", "[::1]:9052", "unix:/run/c.sock"]
+    assert [h.label for h in s.tor_hosts] == ["TOR_HOSTS entry 1", "TOR_HOSTS entry 2", "TOR_HOSTS entry 4"]
 
 
-def test_password_never_in_repr_or_description():
-    host = t2i.parse_tor_host("10.0.0.2:9051:hunter2secret:relay")
-    assert "hunter2secret" not in repr(host)
-    assert "hunter2secret" not in host.describe()
-    assert "****" in host.describe()
-    assert "tok-en-123" not in repr(settings(TOR_HOSTS="10.0.0.2:9051:relay"))
-
-
-def test_tor_hosts_file_one_entry_per_line_with_comments(tmp_path):
+def test_tor_hosts_file_one_entry_per_line_with_comments_and_a_byte_order_mark(tmp_path):
     f = tmp_path / "hosts"
-    f.write_text("# my relays\n10.0.0.2:9051:pw,with,commas:relay1\n\n  [::1]:9051:relay2\n")
+    f.write_bytes("\ufeff# my relays\r\n10.0.0.2:9051:pw,with,commas:relay1\n\n  [::1]:9051:relay2\n".encode())
     s = settings(TOR_HOSTS_FILE=str(f))
     assert [(h.name, h.password) for h in s.tor_hosts] == [("relay1", "pw,with,commas"), ("relay2", None)]
 
@@ -64,8 +38,33 @@ def test_tor_hosts_file_one_entry_per_line_with_comments(tmp_path):
 def test_influx_token_file_for_docker_secrets(tmp_path):
     f = tmp_path / "token"
     f.write_text("s3cr3t-token\n")
-    s = t2i.config_from_env({**INFLUX, "INFLUX_TOKEN": "", "INFLUX_TOKEN_FILE": str(f), "TOR_HOSTS": "h:1:n"})
+    s = config_from_env({**INFLUX, "INFLUX_TOKEN": "", "INFLUX_TOKEN_FILE": str(f), "TOR_HOSTS": "h:1:n"},
+                        redactor=Redactor())
     assert s.influx_token == "s3cr3t-token"
+
+
+@pytest.mark.parametrize("content, ok", [("tok\n", True), ("tok\r\n", True), ("tok", True), ("tok\n\n", False),
+                                         ("to\nk", False), ("tok\x00", False), ("tök", False), ("to k", False),
+                                         ("\ttok", False), ("", False)])
+def test_token_files_are_validated_and_never_echoed(tmp_path, content, ok):
+    f = tmp_path / "token"
+    f.write_text(content, encoding="utf-8")
+    env = {**INFLUX, "INFLUX_TOKEN": "", "INFLUX_TOKEN_FILE": str(f), "TOR_HOSTS": "h:1:n"}
+    if ok:
+        assert config_from_env(env, redactor=Redactor()).influx_token == "tok"
+        return
+    problems = problems_of(env)
+    assert any(p.startswith("INFLUX_TOKEN_FILE:") for p in problems), problems
+    assert not any("tok" in p.replace("token", "") for p in problems), problems
+
+
+def test_secrets_are_registered_for_masking_as_soon_as_read(tmp_path):
+    redactor = Redactor()
+    with pytest.raises(ConfigError):
+        config_from_env({"TOR_HOSTS": "10.0.0.1:9051:pw-one:a,10.0.0.1:bad:pw-two,x:n", "INFLUX_TOKEN": "tok\nen"},
+                        redactor=redactor)
+    for secret in ("pw-one", "tok\nen", "tok\\nen"):
+        assert redactor.mask(f"x {secret} y") == "x **** y", secret
 
 
 @pytest.mark.parametrize("env, url", [
@@ -77,6 +76,8 @@ def test_influx_token_file_for_docker_secrets(tmp_path):
     ({"INFLUX_HOST": "", "INFLUX_URL": "https://eu-central-1-1.aws.cloud2.influxdata.com"},
      "https://eu-central-1-1.aws.cloud2.influxdata.com"),
     ({"INFLUX_HOST": "", "INFLUX_URL": "http://[::1]:8086/influx/"}, "http://[::1]:8086/influx"),
+    ({"INFLUX_HOST": "", "INFLUX_URL": "http://abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuv.onion"},
+     "http://abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuv.onion"),
 ])
 def test_influx_url_forms(env, url):
     assert settings(TOR_HOSTS="h:1:n", **env).influx_url == url
@@ -86,7 +87,7 @@ def test_defaults_are_the_originals():
     s = settings(TOR_HOSTS="h:9051:n")
     assert (s.period, s.service_tag, s.send_version_tag, s.verbose, s.healthcheck_file) == \
         (10, "tor", True, False, "/healthcheck")
-    assert s.tor_timeout == 5
+    assert s.tor_timeout == 5 and s.metric_sets == ("core",)
 
 
 @pytest.mark.parametrize("value, expected", [("TRUE", True), ("False", False), ("true", True), ("no", False)])
@@ -99,36 +100,45 @@ def test_empty_service_tag_means_none():
 
 
 def test_tor_timeout_defaults_below_a_short_period():
-    s = settings(TOR_HOSTS="h:1:n", RUN_EVERY_SECONDS="2")
-    assert s.tor_timeout < 2
+    assert settings(TOR_HOSTS="h:1:n", RUN_EVERY_SECONDS="2").tor_timeout < 2
 
 
 def test_test_mode_needs_only_tor_hosts():
-    s = t2i.config_from_env({"TOR_HOSTS": "127.0.0.1:9051:n"}, test_mode=True)
+    s = config_from_env({"TOR_HOSTS": "127.0.0.1:9051:n"}, mode="test", redactor=Redactor())
     assert s.influx_url is None and s.tor_hosts[0].name == "n"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("core", ("core",)), ("all", ("core", "status", "relay", "accounting", "guards", "bandwidth")),
+    ("status, Relay ,core", ("core", "status", "relay")), ("bandwidth,", ("bandwidth",)),
+])
+def test_metric_sets(value, expected):
+    assert settings(TOR_HOSTS="h:1:n", METRIC_SETS=value).metric_sets == expected
+
+
+def test_bad_metric_set_lists_the_valid_ones():
+    [problem] = problems_of({**INFLUX, "TOR_HOSTS": "h:1:n", "METRIC_SETS": "core,peaks"})
+    assert problem == ("METRIC_SETS: 'peaks' is not a metric set; the sets are core, status, relay, accounting, "
+                       "guards, bandwidth (or all)")
 
 
 # ------------------------------------------------------------------------ bad configurations
 
 @pytest.mark.parametrize("tor_hosts, needle", [
-    ("", "TOR_HOSTS: not set or empty"),
+    ("", "TOR_HOSTS: not set"),
     ("10.0.0.1", "TOR_HOSTS entry 1: expected HOST:PORT:NAME"),
-    ("10.0.0.1:9051", "TOR_HOSTS entry 1: expected HOST:PORT:NAME"),
-    ("10.0.0.1:0:n", "TOR_HOSTS entry 1: port '0' is not a number from 1 to 65535"),
-    ("10.0.0.1:65536:n", "TOR_HOSTS entry 1: port '65536'"),
-    ("10.0.0.1:http:n", "TOR_HOSTS entry 1: port 'http'"),
-    ("10.0.0.1:9051:pw:", "TOR_HOSTS entry 1: the name"),
-    ("a:1:x,b:2:x", "TOR_HOSTS entry 2: name 'x' is already used by TOR_HOSTS entry 1"),
-    ("::1:9051:n", "must be written in brackets"),
-    ("[::1:9051:n", "has no ']'"),
-    ("[zz::1]:9051:n", "is not an IPv6 address"),
-    ("unix:relative/path:n", "must be absolute"),
-    ("bad host!:9051:n", "neither an IPv4 address nor a DNS name"),
-    ("a:1:x,,b:2:y", "TOR_HOSTS entry 2: the host is empty"),
+    ("10.0.0.1:0:n", "TOR_HOSTS entry 1: the port (second field) is not a number from 1 to 65535"),
+    ("a:1:x,b:2:x", "TOR_HOSTS entry 2: its name (the last field) is already used by TOR_HOSTS entry 1"),
+    ("10.0.0.1:9051:pw,with,comma:name", "if a password contains ','"),
 ])
 def test_bad_tor_hosts(tor_hosts, needle):
     problems = problems_of({**INFLUX, "TOR_HOSTS": tor_hosts})
     assert any(needle in p for p in problems), problems
+
+
+def test_a_password_with_a_comma_is_never_quoted():
+    problems = problems_of({**INFLUX, "TOR_HOSTS": "10.0.0.1:9051:hunter,zz8:relay"})
+    assert problems and not any("zz8" in p or "hunter" in p for p in problems), problems
 
 
 def test_every_problem_is_reported_together_without_secrets():
@@ -137,7 +147,7 @@ def test_every_problem_is_reported_together_without_secrets():
         "RUN_EVERY_SECONDS": "0", "INFLUX_PORT": "80x", "INFLUX_TOKEN": "tok-en-123",
     })
     text = "\n".join(problems)
-    for needle in ("TOR_HOSTS entry 1: port", "TOR_HOSTS entry 3: the name", "RUN_EVERY_SECONDS",
+    for needle in ("TOR_HOSTS entry 1: the port", "TOR_HOSTS entry 3: the name", "RUN_EVERY_SECONDS",
                    "INFLUX_PORT", "INFLUX_HOST: not set", "INFLUX_ORGANIZATION: not set", "INFLUX_BUCKET: not set"):
         assert needle in text
     assert len(problems) >= 7
@@ -146,26 +156,46 @@ def test_every_problem_is_reported_together_without_secrets():
 
 
 @pytest.mark.parametrize("env, needle", [
-    ({"RUN_EVERY_SECONDS": "ten"}, "RUN_EVERY_SECONDS: 'ten' is not an integer >= 1"),
+    ({"RUN_EVERY_SECONDS": "ten"}, "RUN_EVERY_SECONDS: 'ten' is not a whole number from 1 to 86400"),
     ({"RUN_EVERY_SECONDS": "2.5"}, "RUN_EVERY_SECONDS"),
     ({"RUN_EVERY_SECONDS": "-1"}, "RUN_EVERY_SECONDS"),
+    ({"RUN_EVERY_SECONDS": "10000000000"}, "RUN_EVERY_SECONDS"),
+    ({"RUN_EVERY_SECONDS": "1_0"}, "RUN_EVERY_SECONDS"),
+    ({"RUN_EVERY_SECONDS": "١٠"}, "RUN_EVERY_SECONDS"),
+    ({"INFLUX_TIMEOUT": "inf"}, "INFLUX_TIMEOUT: 'inf' is not a number from 0.1 to 600"),
+    ({"INFLUX_TIMEOUT": "nan"}, "INFLUX_TIMEOUT"),
+    ({"INFLUX_TIMEOUT": "1e300"}, "INFLUX_TIMEOUT"),
+    ({"INFLUX_TIMEOUT": "601"}, "INFLUX_TIMEOUT"),
+    ({"INFLUX_TIMEOUT": "0"}, "INFLUX_TIMEOUT"),
+    ({"BUFFER_MAX_POINTS": "0"}, "BUFFER_MAX_POINTS"),
+    ({"BUFFER_MAX_POINTS": "1000000000000"}, "BUFFER_MAX_POINTS"),
+    ({"BUFFER_MAX_MEMORY": "10"}, "BUFFER_MAX_MEMORY"),
+    ({"BUFFER_MAX_MEMORY": "lots"}, "BUFFER_MAX_MEMORY"),
     ({"INFLUX_PORT": "0"}, "INFLUX_PORT"),
     ({"INFLUX_PORT": "abc"}, "INFLUX_PORT"),
     ({"TOR_TIMEOUT": "10"}, "TOR_TIMEOUT: 10 s must be below RUN_EVERY_SECONDS (10 s)"),
     ({"TOR_TIMEOUT": "x"}, "TOR_TIMEOUT"),
+    ({"TOR_TIMEOUT": "1e9"}, "TOR_TIMEOUT"),
     ({"INFLUX_SEND_VERSION_TAG": "maybe"}, "INFLUX_SEND_VERSION_TAG"),
     ({"VERBOSE": "very"}, "VERBOSE"),
     ({"INFLUX_HOST": "ftp://influx"}, "scheme must be http or https"),
     ({"INFLUX_HOST": "http://user:pw@influx"}, "must not contain credentials"),
+    ({"INFLUX_HOST": "http//influx"}, "a scheme must be followed by '://'"),
+    ({"INFLUX_HOST": "http:/influx"}, "a scheme must be followed by '://'"),
+    ({"INFLUX_HOST": "http://exa mple:8086"}, "neither a DNS name nor an IP address"),
+    ({"INFLUX_HOST": "http://influx:80x"}, "not a valid URL"),
+    ({"INFLUX_HOST": "http://influx/?org=x"}, "without query"),
     ({"INFLUX_URL": "http://x:8086"}, "INFLUX_URL and INFLUX_HOST are both set"),
     ({"INFLUX_HOST": "http://influx:8086", "INFLUX_PORT": "9999"}, "contradicts"),
-    ({"INFLUX_TOKEN_FILE": "/nonexistent/token"}, "INFLUX_TOKEN_FILE: cannot read /nonexistent/token"),
-    ({"TOR_HOSTS_FILE": "/nonexistent/hosts"}, "TOR_HOSTS_FILE: cannot read /nonexistent/hosts"),
-    ({"BUFFER_MAX_POINTS": "0"}, "BUFFER_MAX_POINTS"),
+    ({"INFLUX_TOKEN": "tök-en"}, "non-ASCII"),
+    ({"INFLUX_TOKEN_FILE": "/nonexistent/token", "INFLUX_TOKEN": ""}, "INFLUX_TOKEN_FILE: cannot read /nonexistent/token"),
+    ({"TOR_HOSTS_FILE": "/nonexistent/hosts", "TOR_HOSTS": ""}, "TOR_HOSTS_FILE: cannot read /nonexistent/hosts"),
+    ({"INFLUX_SERVICE_TAG": "to\\r"}, "INFLUX_SERVICE_TAG: the service tag contains a backslash"),
 ])
 def test_bad_values(env, needle):
     problems = problems_of({**INFLUX, "TOR_HOSTS": "h:1:n", **env})
     assert any(needle in p for p in problems), problems
+    assert not any("pw" in p.split(":", 1)[1] for p in problems if "credentials" in p)
 
 
 @pytest.mark.parametrize("missing", ["INFLUX_HOST", "INFLUX_ORGANIZATION", "INFLUX_BUCKET", "INFLUX_TOKEN"])
@@ -173,7 +203,24 @@ def test_missing_influx_variable_outside_test_mode(missing):
     env = {**INFLUX, "TOR_HOSTS": "h:1:n"}
     del env[missing]
     assert any(p.startswith(missing) for p in problems_of(env))
-    t2i.config_from_env(env, test_mode=True)  # -t needs none of them
+    config_from_env(env, mode="test", redactor=Redactor())  # -t needs none of them
+
+
+@pytest.mark.parametrize("typo, meant", [("TOR_HOST", "TOR_HOSTS"), ("INFLUX_ORG", "INFLUX_ORGANIZATION"),
+                                         ("INFLUXDB_TOKEN", "INFLUX_TOKEN"), ("INFLUX_BUKET", "INFLUX_BUCKET")])
+def test_misspelt_variables_are_named(typo, meant):
+    env = {**INFLUX, "TOR_HOSTS": "h:1:n"}
+    value = env.pop(meant, "10.0.0.1:9051:n")
+    env[typo] = value
+    problems = problems_of(env)
+    assert any(p.startswith(f"{meant}: not set ({typo} is set: did you mean {meant}?)") for p in problems), problems
+    assert not any(value in p for p in problems if value != "10.0.0.1:9051:n")
+
+
+def test_unknown_variables_are_warned_about_by_name_only():
+    s = settings(TOR_HOSTS="h:1:n", INFLUX_TIMEOUTS="5", TOR_PASSWORD="s3cr3t")
+    assert "INFLUX_TIMEOUTS is set but tor2influxdb2 does not read it (did you mean INFLUX_TIMEOUT?)" in s.warnings
+    assert not any("s3cr3t" in w for w in s.warnings)
 
 
 def test_bad_configuration_exits_2_with_one_line_per_problem_and_no_traceback():
@@ -188,28 +235,14 @@ def test_bad_configuration_exits_2_with_one_line_per_problem_and_no_traceback():
     assert len(lines) >= 6
 
 
-def test_unreadable_file_exits_2(tmp_path):
+def test_unreadable_file_exits_2(tmp_path, as_other_user):
     secret = tmp_path / "token"
     secret.write_text("x")
     secret.chmod(0)
-    import os
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file")
-    r = run_daemon({**INFLUX, "INFLUX_TOKEN": "", "INFLUX_TOKEN_FILE": str(secret), "TOR_HOSTS": "h:1:n"})
-    assert r.returncode == 2 and "INFLUX_TOKEN_FILE: cannot read" in r.stderr
+    r = as_other_user({**INFLUX, "INFLUX_TOKEN": "", "INFLUX_TOKEN_FILE": str(secret), "TOR_HOSTS": "h:1:n"})
+    assert r.returncode == 2 and "INFLUX_TOKEN_FILE: cannot read" in r.stderr, r.stderr
 
 
 def test_directory_given_as_file_exits_2(tmp_path):
     r = run_daemon({**INFLUX, "TOR_HOSTS_FILE": str(tmp_path)})
     assert r.returncode == 2 and "TOR_HOSTS_FILE: cannot read" in r.stderr, r.stderr
-
-
-@pytest.mark.parametrize("entry", ["::1:9051:n", "fe80::1:9051:n", "2001:db8::1:9051:pw:n"])
-def test_bare_ipv6_is_explained(entry):
-    with pytest.raises(ValueError, match="brackets"):
-        t2i.parse_tor_host(entry)
-
-
-def test_hex_looking_host_with_colon_password_is_not_ipv6():
-    host = t2i.parse_tor_host("beef:9051:cafe:babe:name")
-    assert (host.address, host.port, host.password, host.name) == ("beef", 9051, "cafe:babe", "name")

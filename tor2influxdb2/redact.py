@@ -33,6 +33,7 @@ def _forms(secret: str) -> set[str]:
         raw.decode("latin-1").encode("unicode_escape").decode("ascii"),
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # JSON may escape '/' too (Go, PHP)
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote(secret),
         urllib.parse.quote_plus(secret),
@@ -61,16 +62,21 @@ class Redactor:
             for secret in secrets:
                 if secret:
                     self._forms |= _forms(secret)
-            ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+            self._compile()
 
     def add_form(self, form: str) -> None:
         """Register one exact text to mask (e.g. a base64 "user:pass" of a proxy's Basic auth)."""
         if form:
             with self._lock:
                 self._forms.add(form)
-                ordered = sorted(self._forms, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+                self._compile()
+
+    def _compile(self) -> None:
+        # A secret of fewer than MIN_ENCODED characters is masked only where it stands alone
+        # (not inside a word): masking every "t" of a one-letter test token would mask every text.
+        parts = [re.escape(f) if len(f) >= MIN_ENCODED else rf"(?<![A-Za-z0-9]){re.escape(f)}(?![A-Za-z0-9])"
+                 for f in sorted(self._forms, key=len, reverse=True)]
+        self._pattern = re.compile("|".join(parts)) if parts else None
 
     def clear(self) -> None:
         with self._lock:

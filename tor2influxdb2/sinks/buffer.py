@@ -236,28 +236,23 @@ class SqliteBuffer:
         return fd
 
     def _open(self) -> None:
+        exists = False
         try:
             info = os.lstat(self.path)
             if not stat.S_ISREG(info.st_mode):
                 raise BufferUnusable(f"{self.path} is not a regular file (a link?): not using it")
+            exists = info.st_size > 0
         except FileNotFoundError:
             pass
+        if exists:
+            self._check_layout()  # read-only first: a foreign file must stay exactly as it is
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA cache_size=-4000")  # ~4 MB page cache: memory stays bounded
-            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
-            if tables - {"points", "sqlite_sequence"} or app_id not in (0, APPLICATION_ID):
-                raise BufferUnusable(f"{self.path} is not a tor2influxdb2 buffer (other tables or application id): "
-                                     "left untouched")
-            if "points" in tables:
-                columns = [row[1] for row in self._db.execute("PRAGMA table_info(points)")]
-                if columns != self.COLUMNS:
-                    raise BufferUnusable(f"{self.path} has a points table of another layout: left untouched")
-            else:
-                self._db.execute("CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            if not exists:
+                self._db.execute("CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                                  " ts_ms INTEGER NOT NULL, line TEXT NOT NULL)")
                 self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self._count = self._db.execute("SELECT count(*) FROM points").fetchone()[0]
@@ -266,6 +261,23 @@ class SqliteBuffer:
             raise
         self._floor = 0  # ids <= floor were delivered, even if deleting them failed
         self._identity = self._stat_identity()
+
+    def _check_layout(self) -> None:
+        """BufferUnusable unless the file is this daemon's buffer (or an empty database)."""
+        import urllib.parse
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            columns = [row[1] for row in db.execute("PRAGMA table_info(points)")]
+        finally:
+            db.close()
+        if tables - {"points", "sqlite_sequence"} or app_id not in (0, APPLICATION_ID):
+            raise BufferUnusable(f"{self.path} is not a tor2influxdb2 buffer (other tables or application id): "
+                                 "left untouched")
+        if columns != self.COLUMNS:
+            raise BufferUnusable(f"{self.path} has a points table of another layout: left untouched")
 
     def _stat_identity(self):
         try:

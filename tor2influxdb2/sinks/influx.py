@@ -173,23 +173,39 @@ def server_message(body: bytes, headers: dict) -> str:
 
 
 def classify_exception(exc: BaseException) -> WriteError:
+    """A WriteError for a request that got no answer, from the innermost cause urllib3 wraps."""
+    import socket
+    import ssl
     import urllib3.exceptions as e
-    text = str(exc)
-    if isinstance(exc, e.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in type(exc).__name__:
-        detail = _ssl_reason(exc)
-        return WriteError(Failure(Reason.TLS, f"TLS failed: {detail}"))
-    if isinstance(exc, e.ProxyError):
+    # (urllib3's NewConnectionError is a subclass of ConnectTimeoutError, whatever its cause)
+    causes = [c for c in _chain(exc) if not isinstance(c, e.NewConnectionError)]
+    if any(isinstance(c, (ssl.SSLError, ssl.CertificateError, e.SSLError)) for c in causes):
+        return WriteError(Failure(Reason.TLS, f"TLS failed: {_ssl_reason(exc)}"))
+    if isinstance(exc, e.ProxyError) and not any(isinstance(c, ConnectionRefusedError) for c in causes):
         return WriteError(Failure(Reason.HTTP_TRANSIENT, f"the proxy failed: {clip(_innermost(exc), 160)}"))
-    if isinstance(exc, (e.ConnectTimeoutError, e.ReadTimeoutError)) or "timed out" in text:
-        return WriteError(Failure(Reason.HTTP_TRANSIENT, "cannot reach InfluxDB: timed out"))
-    if isinstance(exc, e.NameResolutionError):
-        return WriteError(Failure(Reason.HTTP_TRANSIENT, "cannot reach InfluxDB: cannot resolve host"))
-    for needle, reason in (("Connection refused", "connection refused"), ("reset", "connection reset"),
-                           ("RemoteDisconnected", "connection closed without an answer"),
-                           ("Connection aborted", "connection closed without an answer")):
-        if needle in text:
-            return WriteError(Failure(Reason.HTTP_TRANSIENT, f"cannot reach InfluxDB: {reason}"))
-    return WriteError(Failure(Reason.HTTP_TRANSIENT, f"cannot reach InfluxDB: {clip(type(exc).__name__ + ': ' + text, 160)}"))
+    for kinds, text in (((ConnectionRefusedError,), "connection refused"),
+                        ((socket.gaierror, e.NameResolutionError), "cannot resolve host"),
+                        ((ConnectionResetError, BrokenPipeError), "connection reset"),
+                        ((socket.timeout, TimeoutError, e.ConnectTimeoutError, e.ReadTimeoutError), "timed out"),
+                        ((e.ProtocolError,), "connection closed without an answer")):
+        if any(isinstance(c, kinds) for c in causes):
+            return WriteError(Failure(Reason.HTTP_TRANSIENT, f"cannot reach InfluxDB: {text}"))
+    inner = _innermost(exc)
+    return WriteError(Failure(Reason.HTTP_TRANSIENT, f"cannot reach InfluxDB: {clip(inner, 160)}"))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, the ones urllib3 wraps in .reason, and their __cause__/__context__."""
+    seen, todo = [], [exc]
+    while todo and len(seen) < 20:
+        item = todo.pop(0)
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        for nxt in (getattr(item, "reason", None), item.__cause__, item.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return seen
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -379,7 +395,8 @@ class Delivery:
         """At shutdown: one last delivery attempt bounded to `budget` seconds."""
         end = self.clock() + budget
         self.wake.set()
-        self.thread.join(max(0.0, min(0.5, end - self.clock())))
+        if self.thread.ident is not None:
+            self.thread.join(max(0.0, min(0.5, end - self.clock())))
         while len(self.buffer) and not self.thread.is_alive():
             left = end - self.clock()
             if left < 0.2 or not self.deliver_once(timeout=left):

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import re
 
+import stem.response
+
 from ...errors import Failure, Reason
 from ...redact import clip
 
 MAX_LINE = 64 * 1024
 MAX_KEPT = 1024 * 1024
 MAX_REPLY = 32 * 1024 * 1024
+_LINE_OVERHEAD = 64  # what a kept line costs beyond its bytes (a str object, a list slot)
 UNRECOGNIZED_RE = re.compile(r'^Unrecognized (?:configuration )?key "([^"]*)"', re.IGNORECASE)
 
 
@@ -59,7 +62,6 @@ class Reply:
 
     def as_stem(self):
         """The reply as a stem ControlMessage (for stem.response.convert)."""
-        import stem.response
         parsed = [(str(status), divider, content) for status, divider, content in self.lines]
         raw = b"".join(f"{s}{d}".encode() + c + b"\r\n" for s, d, c in parsed)
         return stem.response.ControlMessage(parsed, raw)
@@ -138,14 +140,14 @@ class ReplyReader:
                 if line.strip():
                     self._data_count += 1
             else:
-                self._keep(len(line))
+                self._keep(len(line) + _LINE_OVERHEAD)
                 self._data.append(line.decode("utf-8", "replace"))
             return None
         if len(line) < 4 or line[3] not in b" -+" or not line[:3].isdigit():
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
                                                      "(a reply line without a status code)")
         status, divider, content = int(line[:3]), chr(line[3]), line[4:]
-        self._keep(len(line))
+        self._keep(len(line) + _LINE_OVERHEAD)
         if self.keep_lines:
             self._lines.append((status, divider, content))
         if divider == "+":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import errno
 import hashlib
+import ipaddress
 import hmac
 import os
 import socket
@@ -27,12 +28,18 @@ import stat
 import time
 from typing import Callable
 
+import stem
+import stem.connection
+import stem.response
+import stem.response.authchallenge
+import stem.response.protocolinfo
+
 from ...errors import Failure, Reason, SourceError
 from ...model import Sample, make_tags
 from ...redact import REDACTOR, clip
 from ...targets import TorHost
 from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,
-                         PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version)
+                         PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
@@ -184,7 +191,6 @@ class ControlSession:
             self._open(socket.AF_UNIX, host.socket_path)
             return
         try:
-            import ipaddress
             ip = ipaddress.ip_address(host.address)
             family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
             self._open(family, (host.address, host.port))
@@ -221,9 +227,6 @@ class ControlSession:
 
     # ------------------------------------------------------------------ authentication
     def _on_protocolinfo(self, reply: Reply) -> None:
-        import stem
-        import stem.connection
-        import stem.response
         if not reply.ok:
             raise SourceError(Failure(Reason.PROTOCOL, f"tor answered {reply.status} to PROTOCOLINFO: "
                                                        f"{clip(reply.message, 120)}"))
@@ -278,9 +281,6 @@ class ControlSession:
         return cookie
 
     def _on_authchallenge(self, reply: Reply) -> None:
-        import stem
-        import stem.connection
-        import stem.response
         if not reply.ok:
             raise SourceError(Failure(Reason.AUTH, f"tor refused AUTHCHALLENGE: {clip(reply.message, 120)}"))
         try:
@@ -309,6 +309,11 @@ class ControlSession:
         self.connects += 1
         self.confirmed = True
         self.reader = ReplyReader(counted=COUNTED_KEYS)
+        if "bandwidth" in self.plan.sets:
+            # tor fills bw-event-cache only while a controller listens to a per-second event; CONN_BW is
+            # one, and is never sent unless TestingEnableConnBwEvent is set. An old tor may not know it.
+            self.pending.append(lambda reply: None)
+            self._send("SETEVENTS CONN_BW")
         if self.plan.needs_kind:
             self.pending.extend([self._on_probe_fingerprint, self._on_probe_bridge])
             self._send("\r\n".join(PROBE_COMMANDS))
@@ -398,7 +403,6 @@ class ControlSession:
         self.nickname = nickname if NICKNAME_RE.match(nickname) else "Unnamed"
 
     def _on_ns(self, reply: Reply) -> None:
-        from .metricsets import parse_ns
         if reply.ok:
             weight, flags = parse_ns(reply.values.get(f"ns/id/{self.fingerprint}"))
             self.ns = (True, weight, flags)
@@ -456,6 +460,8 @@ class ControlSession:
                 return
             raise SourceError(Failure(Reason.CLOSED, "tor closed the connection"))
         for reply in self.reader.feed(data):
+            if reply.status >= 600:  # an asynchronous event (SETEVENTS): not an answer
+                continue
             if not self.pending:
                 raise SourceError(Failure(Reason.PROTOCOL, "tor sent a reply to no question"))
             self.pending.popleft()(reply)

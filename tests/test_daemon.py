@@ -1,16 +1,25 @@
-"""Section 6, main loop: the schedule, and the whole daemon against real tor and VictoriaMetrics."""
+"""daemon and the entry point: the schedule, signals, -t, --schema, and the whole daemon against real tor
+and VictoriaMetrics (values equal what tor answered, outages without a gap, kill -9, the buffer kept)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import tor_to_influxdb2 as t2i
+from influx_standin import InfluxStandin
 from support import Daemon, run_daemon, wait_for
+from tor2influxdb2.daemon import Schedule
+from tor2influxdb2.sinks.buffer import SqliteBuffer
+
+TOKEN = "sekret-token-42"
 
 
 class FakeClock:
@@ -25,7 +34,7 @@ class FakeClock:
 
 def test_schedule_is_fixed_rate_without_drift():
     clock = FakeClock()
-    schedule = t2i.Schedule(10, clock)
+    schedule = Schedule(10, clock)
     ticks = []
     for work in (0.3, 2.5, 0.01, 9.9, 1.0):
         clock.now += work           # the cycle's work
@@ -36,7 +45,7 @@ def test_schedule_is_fixed_rate_without_drift():
 
 def test_overrun_skips_ticks_instead_of_bursting():
     clock = FakeClock()
-    schedule = t2i.Schedule(10, clock)
+    schedule = Schedule(10, clock)
     clock.now += 25                 # a cycle that took 2.5 periods
     delay = schedule.next_delay()
     assert clock.now + delay == 530 and schedule.skipped == 2
@@ -48,7 +57,7 @@ def test_overrun_skips_ticks_instead_of_bursting():
 
 def daemon_env(tmp_path, victoria, tor_hosts, **extra):
     env = {"TOR_HOSTS": tor_hosts, "INFLUX_URL": victoria.url, "INFLUX_ORGANIZATION": "org",
-           "INFLUX_BUCKET": "bucket", "INFLUX_TOKEN": "sekret-token-42", "RUN_EVERY_SECONDS": "1",
+           "INFLUX_BUCKET": "bucket", "INFLUX_TOKEN": TOKEN, "RUN_EVERY_SECONDS": "1",
            "TOR_TIMEOUT": "0.8", "VERBOSE": "true", "HEALTHCHECK_FILE": str(tmp_path / "health")}
     env.update(extra)
     return env
@@ -82,7 +91,8 @@ def test_values_written_equal_what_tor_answered(tmp_path, victoria, make_tor):
         stamps = [ts for ts, _ in samples]
         assert all(before <= ts <= after for ts in stamps) and len(set(stamps)) == len(stamps)
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        assert all(800 <= g <= 1300 for g in gaps), gaps  # one poll per period, collected-time stamps
+        # one poll per period, stamped when tor answered (the first poll also connected and authenticated)
+        assert all(800 <= g <= 1300 for g in gaps[1:]) and 400 <= gaps[0] <= 1300, gaps
 
 
 def test_every_address_form_in_one_daemon(tmp_path, victoria, make_tor):
@@ -117,7 +127,7 @@ def test_down_host_fails_health_and_recovers(tmp_path, victoria, make_tor):
         daemon.wait_for_line(r"1/2 hosts ok", count=2)
         tor.start()
         restarted = time.monotonic()
-        daemon.wait_for_line(r"flappy: polled again")
+        daemon.wait_for_line(r"flappy \(127.0.0.1:\d+\): polled again")
         assert time.monotonic() - restarted < 2.5  # within about one period of being back
         wait_for(lambda: health.read_text().startswith("OK"), 3, what="OK again")
         assert len(daemon.wait_for_line(r"cycle \d+ done")) > cycles
@@ -153,27 +163,34 @@ def test_logs_have_time_and_level_and_never_secrets(tmp_path, victoria, make_tor
     for secret in ("pass:with:colons-XYZ", "wrong-pw-ABC", "sekret-token-42"):
         assert secret not in out
     assert "secretive at 127.0.0.1" in out and "password ****" in out
-    assert "refused (127.0.0.1:1): Connection refused" in out
+    assert "refused (127.0.0.1:1): connection refused" in out
     for line in out.splitlines():
         assert __import__("re").match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (DEBUG|INFO|WARNING|ERROR) ", line), line
 
 
-def test_secret_filter_masks_whatever_slips_through(capsys):
+def test_the_log_filter_masks_whatever_slips_through():
     import io
     import logging
-    stream = io.StringIO()
-    t2i.setup_logging(True, ["hunter2-pass", "tok-123"], stream=stream)
-    t2i.LOG.error("oops %s and %s", "hunter2-pass", "tok-123")
-    logging.getLogger("stem").error("Sent to tor: AUTHENTICATE \"hunter2-pass\"")
-    assert "hunter2-pass" not in stream.getvalue() and "tok-123" not in stream.getvalue()
-    assert stream.getvalue().count("****") == 3
+    from tor2influxdb2.logs import LOG, setup_logging
+    from tor2influxdb2.redact import REDACTOR
+    REDACTOR.add("hunter2-pass", "tok-123")
+    try:
+        stream = io.StringIO()
+        setup_logging(True, stream=stream)
+        LOG.error("oops %s and %s", "hunter2-pass", "tok-123")
+        logging.getLogger("stem").error("Sent to tor: AUTHENTICATE \"hunter2-pass\"")
+        LOG.error("repr %r", "hunter2-pass\n")
+        text = stream.getvalue()
+    finally:
+        REDACTOR.clear()
+    assert "hunter2-pass" not in text and "tok-123" not in text and text.count("****") == 4
 
 
 def test_unwritable_health_file_is_a_clear_error(tmp_path, victoria):
     env = daemon_env(tmp_path, victoria, "127.0.0.1:1:x", HEALTHCHECK_FILE="/nonexistent-dir/health")
     r = run_daemon(env, timeout=20)
     assert r.returncode == 2
-    assert "HEALTHCHECK_FILE: cannot write /nonexistent-dir/health" in r.stderr
+    assert "HEALTHCHECK_FILE: cannot use the directory /nonexistent-dir: No such file or directory" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -188,8 +205,12 @@ def test_test_mode_needs_only_tor_hosts_and_prints_no_password(make_tor):
 
 
 def test_test_mode_reports_a_dead_host_and_exits_1():
-    r = run_daemon({"TOR_HOSTS": "127.0.0.1:1:dead"}, "-t")
-    assert r.returncode == 1 and "dead" in r.stdout and "Traceback" not in r.stderr
+    r = run_daemon({"TOR_HOSTS": "127.0.0.1:1::dead,127.0.0.1:1:maybe-a-password"}, "-t")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "Stats for host 127.0.0.1:1(dead): not available: connection refused" in r.stdout
+    # HOST:PORT:X: X may be a password typed without its name, and is not shown until tor accepted the daemon
+    assert "Stats for host 127.0.0.1:1(TOR_HOSTS entry 2): not available" in r.stdout
+    assert "maybe-a-password" not in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("version", ["3.12", "3.13"])
@@ -207,3 +228,126 @@ def test_runs_on_other_pythons(version, make_tor, tmp_path):
     tor = make_tor(auth="password")
     r = run_daemon({"TOR_HOSTS": tor.entry("py" + version)}, "-t", python=str(venv / "bin/python"))
     assert r.returncode == 0 and "Traffic measurement:" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------- the whole daemon, end to end
+
+def buffered_env(tmp_path, url, tor_hosts, **extra):
+    env = {"TOR_HOSTS": tor_hosts, "INFLUX_URL": url, "INFLUX_ORGANIZATION": "test-org",
+           "INFLUX_BUCKET": "test-bucket", "INFLUX_TOKEN": "test-token", "RUN_EVERY_SECONDS": "1",
+           "TOR_TIMEOUT": "0.8", "INFLUX_TIMEOUT": "2", "VERBOSE": "true",
+           "HEALTHCHECK_FILE": str(tmp_path / "health"), "BUFFER_DIR": str(tmp_path / "buffer")}
+    env.update(extra)
+    return env
+
+
+def assert_no_gap(samples, period_ms=1000, allowed=()):
+    """Consecutive timestamps are one period apart, except inside the `allowed` (start, end) ms windows."""
+    stamps = [ts for ts, _ in samples]
+    for a, b in zip(stamps, stamps[1:]):
+        if b - a > 1.6 * period_ms and not any(lo - 1600 <= a and b <= hi + 1600 for lo, hi in allowed):
+            raise AssertionError(f"gap of {b - a} ms between {a} and {b} in {stamps}")
+
+
+@pytest.fixture
+def own_victoria(tmp_path):
+    from support import VictoriaMetrics
+    vm = VictoriaMetrics(tmp_path / "vm").start()
+    yield vm
+    vm.stop()
+
+
+def test_victoriametrics_down_for_30_s_leaves_no_gap(tmp_path, own_victoria, make_tor):
+    tor = make_tor(auth="password")
+    daemon = Daemon(buffered_env(tmp_path, own_victoria.url, tor.entry("outage30"))).start()
+    health = tmp_path / "health"
+    try:
+        daemon.wait_for_line(r"cycle 3 done")
+        own_victoria.stop()
+        down_at = len(daemon.wait_for_line(r"cycle \d+ done"))
+        wait_for(lambda: "points waiting for InfluxDB" in health.read_text(), 8, what="FAILED for the backlog")
+        assert health.read_text().startswith("FAILED")
+        daemon.wait_for_line(r"cycle \d+ done", timeout=40, count=down_at + 30)  # 30 s of outage
+        own_victoria.start()
+        wait_for(lambda: health.read_text().startswith("OK"), 75, what="healthy again after the outage")
+        assert "InfluxDB accepts writes again" in daemon.output
+    finally:
+        assert daemon.stop() == 0
+    samples = wait_for(lambda: (s := own_victoria.samples("traffic_read", host="outage30")) and len(s) >= 35 and s,
+                       10, what="all samples")
+    assert_no_gap(samples)
+
+
+def test_kill_9_during_an_outage_loses_only_the_seconds_it_was_down(tmp_path, own_victoria, make_tor):
+    tor = make_tor(auth="password")
+    env = buffered_env(tmp_path, own_victoria.url, tor.entry("killed"))
+    first = Daemon(env).start()
+    first.wait_for_line(r"cycle 2 done")
+    own_victoria.stop()
+    first.wait_for_line(r"cycle 6 done")
+    killed_at = time.time() * 1000
+    first.stop(signal.SIGKILL)
+    second = Daemon(env).start()
+    try:
+        second.wait_for_line(r"\((\d+) points waiting from before\)")
+        restarted_at = time.time() * 1000
+        assert not second.wait_for_line(r"\((\d+) points waiting from before\)")[0].group(1) == "0"
+        second.wait_for_line(r"cycle 3 done")
+        own_victoria.start()
+        wait_for(lambda: (tmp_path / "health").read_text().startswith("OK"), 75, what="recovery")
+    finally:
+        assert second.stop() == 0
+    samples = wait_for(lambda: (s := own_victoria.samples("traffic_read", host="killed")) and len(s) >= 9 and s,
+                       10, what="all samples")
+    assert_no_gap(samples, allowed=[(killed_at, restarted_at)])
+    assert samples[0][0] < killed_at - 4000  # points from before the kill are there
+
+
+def test_sigterm_keeps_undelivered_points_for_the_next_start(tmp_path, standin, make_tor):
+    tor = make_tor(auth="password")
+    env = buffered_env(tmp_path, standin.url, tor.entry("kept"), INFLUX_TIMEOUT="10")
+    standin.hang()
+    daemon = Daemon(env).start()
+    daemon.wait_for_line(r"cycle 3 done")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 2.5
+    assert "points not delivered: kept in BUFFER_DIR" in daemon.output
+    buffer = SqliteBuffer(str(tmp_path / "buffer"), 10**6)
+    kept = len(buffer)
+    buffer.close()
+    assert kept >= 9
+    standin.answer(204)
+    standin.clear()
+    daemon = Daemon(env).start()
+    try:
+        standin.wait_for_lines(kept + 3, timeout=10)
+    finally:
+        assert daemon.stop() == 0
+    stamps = sorted({int(line.rsplit(" ", 1)[1]) for line in standin.accepted_lines() if "traffic," in line})
+    assert len(stamps) >= kept // 3 + 1
+
+
+def test_test_mode_has_no_buffer(tmp_path, make_tor):
+    tor = make_tor(auth="none")
+    r = run_daemon({"TOR_HOSTS": tor.entry("t"), "BUFFER_DIR": str(tmp_path / "buf")}, "-t")
+    assert r.returncode == 0 and not (tmp_path / "buf").exists()
+
+
+@pytest.fixture
+def standin():
+    server = InfluxStandin().start()
+    yield server
+    server.stop()
+
+
+def test_a_second_daemon_on_the_same_buffer_dir_refuses_clearly(tmp_path, standin, make_tor):
+    tor = make_tor(auth="none")
+    env = buffered_env(tmp_path, standin.url, tor.entry("first"))
+    first = Daemon(env).start()
+    try:
+        first.wait_for_line(r"cycle 1 done")
+        r = run_daemon({**env, "HEALTHCHECK_FILE": str(tmp_path / "health2")}, timeout=20)
+    finally:
+        assert first.stop() == 0
+    assert r.returncode == 2 and "is in use by another tor2influxdb2" in r.stderr and "Traceback" not in r.stderr

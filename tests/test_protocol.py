@@ -1,0 +1,70 @@
+"""sources.control.protocol: replies read in any pieces, bounded against a peer that sends too much."""
+
+import pytest
+
+from tor2influxdb2.errors import Reason
+from tor2influxdb2.sources.control.protocol import (MAX_KEPT, MAX_LINE, ProtocolViolation, ReplyReader,
+                                                    quote)
+
+REPLY = (b"250-version=0.4.9.11\r\n250-traffic/read=12\r\n250+circuit-status=\r\n1 BUILT $A~a PURPOSE=GENERAL\r\n"
+         b"\r\n2 BUILT $B~b\r\n.\r\n250+entry-guards=\r\n$X~x up\r\n..dotted\r\n.\r\n250-stream-status=\r\n250 OK\r\n")
+
+
+def read(data: bytes, pieces: int = 1, **kw):
+    reader = ReplyReader(counted=frozenset({"circuit-status", "stream-status"}), **kw)
+    size = max(1, len(data) // pieces)
+    out = []
+    for i in range(0, len(data), size):
+        out += reader.feed(data[i:i + size])
+    return out, reader
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7, len(REPLY)])
+def test_a_reply_in_any_pieces(pieces):
+    [reply], reader = read(REPLY, pieces)
+    assert reply.ok and reader.idle
+    assert reply.values == {"version": "0.4.9.11", "traffic/read": "12", "entry-guards": "$X~x up\n.dotted"}
+    assert reply.counts == {"circuit-status": 2, "stream-status": 0}
+
+
+def test_errors_and_unrecognized_keys():
+    [reply], _ = read(b'552 Unrecognized key "dormant"\r\n')
+    assert reply.status == 552 and reply.unrecognized_key() == "dormant"
+    [reply], _ = read(b'551 Not running in server mode\r\n')
+    assert reply.status == 551 and reply.unrecognized_key() is None
+
+
+def test_getconf_values_and_defaults():
+    [reply], _ = read(b"250-BandwidthRate=1073741824\r\n250-Nickname=exit\r\n250 __OwningControllerProcess\r\n")
+    assert reply.values == {"BandwidthRate": "1073741824", "Nickname": "exit", "__OwningControllerProcess": None}
+
+
+def test_several_replies_and_lf_only_lines():
+    replies, reader = read(b"250 OK\n250-a=1\n250 OK\n")
+    assert [r.values for r in replies] == [{}, {"a": "1"}] and reader.idle
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"x" * (MAX_LINE + 2), Reason.TOO_LARGE),                                   # an endless line
+    (b"250+circuit-status=\r\n" + (b"a" * (MAX_LINE + 10)) + b"\r\n", Reason.TOO_LARGE),
+    (b"250+ns/all=\r\n" + b"r x\r\n" * (MAX_KEPT // 5 + 10), Reason.TOO_LARGE),  # too much kept
+    (b"HTTP/1.0 200 OK\r\n", Reason.PROTOCOL),                                   # not tor
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n", Reason.PROTOCOL),      # TLS
+])
+def test_what_a_peer_cannot_make_it_hold(data, reason):
+    with pytest.raises(ProtocolViolation) as info:
+        read(data, pieces=max(1, len(data) // 65536))
+    assert info.value.failure.reason == reason
+
+
+def test_counted_blocks_are_counted_not_kept():
+    """A 20 MB circuit-status is counted as it streams by, within the kept-bytes bound."""
+    line = b"1 BUILT $AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA~relay PURPOSE=GENERAL TIME_CREATED=2026-12-01T20\r\n"
+    n = 20_000_000 // len(line)
+    data = b"250+circuit-status=\r\n" + line * n + b".\r\n250 OK\r\n"
+    [reply], _ = read(data, pieces=len(data) // 65536)
+    assert reply.counts == {"circuit-status": n}
+
+
+def test_quoted_strings_escape_backslash_and_quote():
+    assert quote('pa"ss\\word') == '"pa\\"ss\\\\word"'

@@ -283,7 +283,10 @@ def test_exit_traffic_grows_by_the_bytes_fetched(tornet, victoria, tmp_path):  #
     window = poll_window_ms(daemon)
     for n in tornet.nodes:
         judged = check_node(victoria, samples[n.name], "traffic-" + n.name, window)
-        assert len(judged["traffic_read"]) >= 2, f"{n.name}: too few judged points {judged}"
+        assert len(judged["traffic_read"]) >= 2, (f"{n.name}: too few judged points {judged} of "
+                                                  f"{victoria.samples('traffic_read', host='traffic-' + n.name)} "
+                                                  f"window {window} samples {trace(samples[n.name], 'traffic/read')}"
+                                                  f"\n{daemon.output}")
     for metric in ("traffic_read", "traffic_written"):
         points = victoria.samples(metric, host="traffic-exit")
         before = [v for ts, v in points if ts < start_ms]

@@ -108,17 +108,20 @@ def clean_version(text: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._+~-]", "_", first)[:64]
 
 
-def parse_ns(text: str | None) -> tuple[int | None, frozenset[str]]:
-    """From a router status entry (ns/id/<fp>): the consensus weight and the flags."""
-    weight, flags = None, frozenset()
+def parse_ns(text: str | None) -> tuple[bool, int | None, frozenset[str]]:
+    """From a router status entry (ns/id/<fp>): whether there is one (tor answers an empty value
+    when the relay is not in its consensus), the consensus weight and the flags."""
+    listed, weight, flags = False, None, frozenset()
     for line in (text or "").splitlines():
-        if line.startswith("s "):
+        if line.startswith("r "):
+            listed = True
+        elif line.startswith("s "):
             flags = frozenset(line[2:].split())
         elif line.startswith("w "):
             for item in line[2:].split():
                 if item.startswith("Bandwidth="):
                     weight = parse_int(item[len("Bandwidth="):])
-    return weight, flags
+    return listed, (weight if listed else None), (flags if listed else frozenset())
 
 
 def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None]:

@@ -46,6 +46,8 @@ from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 CLOSED, RESOLVING, CONNECTING, SETUP, READY, POLLING = "closed", "resolving", "connecting", "setup", "ready", "polling"
 
 COOKIE_SIZE = 32
+QUICKACK = os.environ.get("T2I_NO_QUICKACK", "") == ""  # the bench measures the difference
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; reset by the kernel, so set at every read
 
 _ERRNO_REASONS = {
     errno.ECONNREFUSED: (Reason.REFUSED, "connection refused"),
@@ -109,6 +111,7 @@ class ControlSession:
         self._tag_cache: tuple[str, tuple] | None = None
         self.last_poll: float | None = None
         self.on_done: Callable | None = None
+        self._quickack = False
         self._forget()
 
     def _forget(self) -> None:
@@ -206,6 +209,7 @@ class ControlSession:
             self._fail(os_failure(exc))
             return
         sock.setblocking(False)
+        self._quickack = family != socket.AF_UNIX and _TCP_QUICKACK is not None and QUICKACK
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
@@ -404,8 +408,7 @@ class ControlSession:
 
     def _on_ns(self, reply: Reply) -> None:
         if reply.ok:
-            weight, flags = parse_ns(reply.values.get(f"ns/id/{self.fingerprint}"))
-            self.ns = (True, weight, flags)
+            self.ns = parse_ns(reply.values.get(f"ns/id/{self.fingerprint}"))
         elif reply.status in (551, 552):
             self.ns = (False, None, frozenset())
         else:
@@ -451,6 +454,8 @@ class ControlSession:
 
     def _read(self) -> None:
         try:
+            if self._quickack:  # ACK at once: tor's Nagle would otherwise wait ~40 ms for our delayed ACK
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return

@@ -1,0 +1,179 @@
+"""sources.control.metricsets: what each set asks and writes, on real tors (DisableNetwork 1): a client,
+a relay (ORPort set), accounting; the schema's types hold for every field written."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from peers import RecordingProxy
+from tor2influxdb2.model import field_type
+from tor2influxdb2.poller import Poller
+from tor2influxdb2.sources.control.metricsets import (FLAGS, SCHEMA, SET_NAMES, Answers, Plan, effective_rates,
+                                                      parse_ns)
+from tor2influxdb2.targets import TorHost, parse_tor_host
+
+ALL = Plan(SET_NAMES)
+SPECS = {spec.name: spec for spec in SCHEMA}
+
+
+def poll(host, plan=ALL, cycles=1):
+    poller = Poller([host], timeout=5, period=6, plan=plan)
+    try:
+        for _ in range(cycles):
+            [result] = poller.poll_all(threading.Event())
+        return result
+    finally:
+        poller.close()
+
+
+def by_measurement(result):
+    return {s.measurement: s for s in result.samples}
+
+
+def assert_schema_types(result):
+    for sample in result.samples:
+        spec = SPECS[sample.measurement]
+        types = {f.name: f.type for f in spec.fields}
+        for name, value in sample.fields.items():
+            assert types[name] == field_type(value), (sample.measurement, name, value)
+        assert {k for k, _ in sample.tags} <= set(spec.tags)
+
+
+def test_a_client_writes_every_set_but_relay(make_tor):
+    tor = make_tor(auth="none")
+    result = poll(parse_tor_host(tor.entry("client")), cycles=2)
+    assert result.ok, result.error
+    got = by_measurement(result)
+    assert set(got) == {"traffic", "connections", "handshakes", "status", "accounting", "guards", "bandwidth"}
+    assert result.kind == "client"
+    assert_schema_types(result)
+    with tor.controller() as c:
+        assert got["status"].fields["descriptor_limit"] == int(c.get_info("process/descriptor-limit"))
+        assert got["status"].fields["network_liveness"] == 0  # DisableNetwork 1
+        assert got["status"].fields["version_status"] == c.get_info("status/version/current")
+        assert got["guards"].fields == {"up": 0, "down": 0, "never_connected": 0, "unusable": 0, "total": 0}
+    assert got["accounting"].fields == {"enabled": 0, "hibernating": "awake"}  # no made-up zeros
+
+
+def test_a_relay_writes_its_fingerprint_nickname_and_effective_rates(make_tor):
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto", "Nickname tor2influxdb2test", "BandwidthRate 5 MB",
+                                       "RelayBandwidthRate 2 MB", "MaxAdvertisedBandwidth 3 MB",
+                                       "BandwidthBurst 8 MB"))
+    result = poll(parse_tor_host(tor.entry("relay")))
+    assert result.ok and result.kind == "relay", result.error
+    got = by_measurement(result)
+    assert "guards" not in got  # guards are a client's
+    relay = got["relay"]
+    with tor.controller() as c:
+        fingerprint = c.get_info("fingerprint")
+        rate = min(int(c.get_conf("BandwidthRate")), int(c.get_conf("RelayBandwidthRate")),
+                   int(c.get_conf("MaxAdvertisedBandwidth")))
+        burst = min(int(c.get_conf("BandwidthBurst")), int(c.get_conf("RelayBandwidthBurst")))
+        reach_or = int(c.get_info("status/reachability-succeeded/or"))
+    assert dict(relay.tags)["fingerprint"] == fingerprint and dict(relay.tags)["nickname"] == "tor2influxdb2test"
+    assert relay.fields["effective_rate"] == rate == 2 * 1024 * 1024
+    assert relay.fields["effective_burst"] == burst
+    assert relay.fields["reachable_or"] == reach_or
+    assert relay.fields["in_consensus"] == 0 and "consensus_weight" not in relay.fields  # DisableNetwork
+    assert all(relay.fields[f"flag_{f.lower()}"] == 0 for f in FLAGS)
+    assert_schema_types(result)
+
+
+def test_accounting_with_accountingmax(make_tor):
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto", "AccountingMax 10 GB", "AccountingStart day 00:00"))
+    got = by_measurement(poll(parse_tor_host(tor.entry("acct"))))
+    acct = got["accounting"].fields
+    with tor.controller() as c:
+        left = [int(x) for x in c.get_info("accounting/bytes-left").split()]
+        end = c.get_info("accounting/interval-end")
+    assert acct["enabled"] == 1 and acct["hibernating"] == "awake"
+    assert [acct["read_left"], acct["written_left"]] == left == [10 * 1024 ** 3] * 2
+    assert acct["interval_end"] == int(time.mktime(time.strptime(end, "%Y-%m-%d %H:%M:%S"))) - time.timezone
+    assert acct["interval_end"] > time.time()
+
+
+def test_round_trips_one_getinfo_for_a_client_pipelined_questions_for_a_relay(make_tor):
+    client = make_tor(auth="none")
+    relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    for tor, per_poll in ((client, ["GETINFO"]), (relay, ["GETINFO", "GETINFO", "GETCONF"])):
+        proxy = RecordingProxy(tor.port)
+        try:
+            poller = Poller([TorHost("t", "127.0.0.1", proxy.port)], timeout=5, period=6, plan=ALL)
+            try:
+                for _ in range(3):
+                    assert poller.poll_all(threading.Event())[0].ok
+            finally:
+                poller.close()
+            commands = [c.split()[0] for c in proxy.commands()]
+        finally:
+            proxy.close()
+        setup = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
+        ns = ["GETINFO"] if tor is relay else []  # ns/id/<fp>, at most every 5 minutes: once here
+        assert commands == setup + per_poll + ns + per_poll * 2, commands
+
+
+def test_core_alone_still_arrives_when_an_optional_key_fails(make_tor, monkeypatch):
+    """A set whose key tor refuses costs that set, never the core."""
+    import tor2influxdb2.sources.control.metricsets as ms
+    monkeypatch.setitem(ms.SET_KEYS, "status", ms.SET_KEYS["status"] + ("fingerprint",))  # 551 on a client
+    tor = make_tor(auth="none")
+    result = poll(parse_tor_host(tor.entry("c")), plan=Plan(("core", "status", "bandwidth")), cycles=2)
+    assert result.ok, result.error
+    assert set(by_measurement(result)) == {"traffic", "connections", "handshakes", "bandwidth"}
+
+
+# ------------------------------------------------------------------------------ parsing
+
+@pytest.mark.parametrize("conf, expected", [
+    ({"BandwidthRate": "1073741824", "BandwidthBurst": "1073741824", "RelayBandwidthRate": "0",
+      "RelayBandwidthBurst": "0", "MaxAdvertisedBandwidth": "1073741824"}, (1073741824, 1073741824)),
+    ({"BandwidthRate": "5000000", "BandwidthBurst": "10000000", "RelayBandwidthRate": "2000000",
+      "RelayBandwidthBurst": "3000000", "MaxAdvertisedBandwidth": "4000000"}, (2000000, 3000000)),
+    ({"BandwidthRate": "5000000", "BandwidthBurst": "10000000", "RelayBandwidthRate": "0",
+      "RelayBandwidthBurst": "0", "MaxAdvertisedBandwidth": "1000000"}, (1000000, 10000000)),
+])
+def test_effective_rates_as_tor_computes_them(conf, expected):
+    assert effective_rates(conf) == expected
+
+
+def test_ns_entry():
+    entry = ("r exit NbC16MUK16vTVxj/haimXCLDj4A bVLflzWz++KU6qYlLe7vTYwvGgM 2038-01-01 00:00:00 127.0.0.1 46953 0\n"
+             "s Exit Fast Guard HSDir Running Stable Valid\nw Bandwidth=20\np reject 1-65535")
+    assert parse_ns(entry) == (True, 20, frozenset({"Exit", "Fast", "Guard", "HSDir", "Running", "Stable", "Valid"}))
+    assert parse_ns("") == (False, None, frozenset())
+
+
+def test_bandwidth_covers_the_seconds_since_the_last_poll():
+    answers = Answers()
+    answers.values["bw-event-cache"] = " ".join(f"{r},{w}" for r, w in [(900, 9)] * 5 + [(10, 1), (30, 2), (20, 3)])
+    answers.elapsed = 3.1
+    [(_, fields, _)] = Plan(("bandwidth",)).build(answers)
+    assert fields == {"read_rate_max": 30, "written_rate_max": 3, "read_rate_mean": 20.0,
+                      "written_rate_mean": 2.0, "seconds": 3}
+
+
+def test_guard_states_are_counted():
+    answers = Answers()
+    answers.kind = "client"
+    answers.values["entry-guards"] = ("$92CD45441526048416558C49E7514C22E34DFBE0~auth1 up\n"
+                                      "$79C3D55558186D78943FEB5ADEA2B5EA35F325F3~auth3 down 2026-12-01 20:00:00\n"
+                                      "$FC5B9B9EF1331FECC5F192FEC62931D48D4F19AD~auth2 never-connected\n"
+                                      "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA unusable 2026-12-01 20:00:00")
+    [(_, fields, _)] = Plan(("guards",)).build(answers)
+    assert fields == {"up": 1, "down": 1, "never_connected": 1, "unusable": 1, "total": 4}
+
+
+def test_a_hostile_version_answer_becomes_a_clean_tag(make_tor):
+    from fake_control import FakeControlPort
+    reply = ("250-version=0.4.9.11\\ ,evil=1\r\n250-traffic/read=1\r\n250-traffic/written=2\r\n"
+             "250-stats/ntor/requested=0\r\n250-stats/ntor/assigned=0\r\n250-stats/tap/requested=0\r\n"
+             "250-stats/tap/assigned=0\r\n250-circuit-status=\r\n250-stream-status=\r\n250 OK\r\n")
+    fake = FakeControlPort({"GETINFO": reply.encode()})
+    try:
+        result = poll(TorHost("h", "127.0.0.1", fake.port), plan=Plan(("core",)))
+    finally:
+        fake.close()
+    assert dict(result.samples[0].tags)["version"] == "0.4.9.11_"

@@ -57,7 +57,7 @@ PROBE_COMMANDS = ("GETINFO fingerprint", "GETCONF BridgeRelay")
 
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
 NICKNAME_RE = re.compile(r"^[A-Za-z0-9]{1,19}$")
-WORD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+WORD_RE = re.compile(r"^[a-z][a-z0-9 _-]{0,31}$")  # "recommended", "none recommended", "new in series"
 PROGRESS_RE = re.compile(r"\bPROGRESS=(\d{1,3})\b")
 DIGITS_RE = re.compile(r"^[0-9]{1,19}$")
 
@@ -98,7 +98,7 @@ def parse_iso_time(text: str | None) -> int | None:
 
 def parse_word(text: str | None) -> str | None:
     """A lower-case status word tor wrote (recommended, awake, ...), or None for anything else."""
-    word = (text or "").strip().lower()
+    word = " ".join((text or "").split()).lower()
     return word if WORD_RE.match(word) else None
 
 

@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None, env=None) -> int:
              " in test mode (-t): nothing is uploaded" if args.test else "")
     for warning in settings.warnings:
         LOG.warning("%s", warning)
+    if settings.shard is not None:
+        index, count = settings.shard
+        LOG.info("shard %d/%d: this replica polls %d of the %d tors of TOR_HOSTS%s", index, count,
+                 len(settings.tor_hosts), len(settings.all_tor_hosts),
+                 "" if settings.tor_hosts else " (none: it stays healthy and waits for a change of replicas)")
     for host in settings.tor_hosts[:20]:
         LOG.info("tor host: %s", host.describe())
     if len(settings.tor_hosts) > 20:

@@ -89,6 +89,11 @@ class Engine:
         if not os.path.exists(DOCKER):
             raise DockerUnavailable("no docker CLI and no engine: install docker.io (tests/run does)")
         if os.geteuid() != 0:
+            socket_path = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+            if os.path.exists(socket_path) and not os.access(socket_path, os.R_OK | os.W_OK):
+                raise DockerUnavailable(
+                    f"a Docker engine is running, but its socket {socket_path} is not accessible to this user "
+                    "(add the user to the docker group, or run the tests as root)")
             raise DockerUnavailable(
                 "no Docker engine answers and only root can start one "
                 "(run the tests as root, or start dockerd, or give this user access to a running engine)")

@@ -148,7 +148,7 @@ def test_ns_entry():
 
 def test_bandwidth_covers_the_seconds_since_the_last_poll():
     answers = Answers()
-    answers.values["bw-event-cache"] = " ".join(f"{r},{w}" for r, w in [(900, 9)] * 5 + [(10, 1), (30, 2), (20, 3)])
+    answers.values = {"bw-event-cache": " ".join(f"{r},{w}" for r, w in [(900, 9)] * 5 + [(10, 1), (30, 2), (20, 3)])}
     answers.elapsed = 3.1
     [(_, fields, _)] = Plan(("bandwidth",)).build(answers)
     assert fields == {"read_rate_max": 30, "written_rate_max": 3, "read_rate_mean": 20.0,
@@ -158,10 +158,10 @@ def test_bandwidth_covers_the_seconds_since_the_last_poll():
 def test_guard_states_are_counted():
     answers = Answers()
     answers.kind = "client"
-    answers.values["entry-guards"] = ("$92CD45441526048416558C49E7514C22E34DFBE0~auth1 up\n"
+    answers.values = {"entry-guards": ("$92CD45441526048416558C49E7514C22E34DFBE0~auth1 up\n"
                                       "$79C3D55558186D78943FEB5ADEA2B5EA35F325F3~auth3 down 2026-12-01 20:00:00\n"
                                       "$FC5B9B9EF1331FECC5F192FEC62931D48D4F19AD~auth2 never-connected\n"
-                                      "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA unusable 2026-12-01 20:00:00")
+                                      "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA unusable 2026-12-01 20:00:00")}
     [(_, fields, _)] = Plan(("guards",)).build(answers)
     assert fields == {"up": 1, "down": 1, "never_connected": 1, "unusable": 1, "total": 4}
 

@@ -246,3 +246,25 @@ def test_unreadable_file_exits_2(tmp_path, as_other_user):
 def test_directory_given_as_file_exits_2(tmp_path):
     r = run_daemon({**INFLUX, "TOR_HOSTS_FILE": str(tmp_path)})
     assert r.returncode == 2 and "TOR_HOSTS_FILE: cannot read" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("env, expected", [({"SHARD": "2/5"}, (2, 5)), ({"SHARD_INDEX": "0", "SHARD_COUNT": "3"}, (0, 3)),
+                                           ({}, None)])
+def test_shard_forms(env, expected):
+    s = settings(TOR_HOSTS="h:1:a,h:1:b,h:1:c,h:1:d", **env)
+    assert s.shard == expected and len(s.all_tor_hosts) == 4
+    assert len(s.tor_hosts) == 4 if expected is None else len(s.tor_hosts) <= 4
+
+
+@pytest.mark.parametrize("env", [{"SHARD": "5/5"}, {"SHARD": "1/0"}, {"SHARD": "a/b"}, {"SHARD_INDEX": "1"},
+                                 {"SHARD": "1/2", "SHARD_COUNT": "2"}, {"SHARD": "-1/3"}])
+def test_bad_shards(env):
+    assert any(p.startswith("SHARD") for p in problems_of({**INFLUX, "TOR_HOSTS": "h:1:n", **env}))
+
+
+def test_test_mode_shows_which_tors_this_replica_owns():
+    hosts = ",".join(f"127.0.0.1:1::r{i}" for i in range(20))
+    outputs = [run_daemon({"TOR_HOSTS": hosts, "SHARD": f"{i}/3"}, "-t").stdout.splitlines()[0] for i in range(3)]
+    owned = [line.split(": ", 2)[2].split(", ") for line in outputs]
+    assert sorted(sum(owned, [])) == sorted(f"r{i}" for i in range(20))
+    assert outputs[0].startswith(f"Shard 0/3: this replica polls {len(owned[0])} of the 20 tors of TOR_HOSTS: ")

@@ -83,3 +83,17 @@ def test_duplicate_names_are_reported_without_the_name():
                                        ("", False), ("a\u2028b", False)])
 def test_tag_values(value, ok):
     assert (check_tag_value(value, "the name") is None) is ok
+
+
+# -------------------------------------------------------------------------------- shards
+
+def test_shards_poll_every_tor_exactly_once_and_a_new_replica_moves_few():
+    from tor2influxdb2.targets import shard, shard_owner
+    hosts = [parse_tor_host(f"10.0.{i // 250}.{i % 250}:9051:relay{i:04d}") for i in range(1000)]
+    five = [shard(hosts, i, 5) for i in range(5)]
+    assert sorted(h.name for part in five for h in part) == sorted(h.name for h in hosts)
+    assert all(150 <= len(part) <= 250 for part in five), [len(p) for p in five]
+    moved = sum(1 for h in hosts if shard_owner(h.name, 5) != shard_owner(h.name, 6))
+    assert moved <= 250 and all(shard_owner(h.name, 6) == 5 for h in hosts
+                                if shard_owner(h.name, 5) != shard_owner(h.name, 6))
+    print(f"5 -> 6 replicas moved {moved} of 1,000 tors")

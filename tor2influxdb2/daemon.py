@@ -94,6 +94,11 @@ def ensure_fd_limit(connections: int) -> None:
 
 def run_test_mode(settings: Settings, out: TextIO) -> int:
     """-t: poll every tor once, print what would be written, upload nothing. 0 if all answered."""
+    if settings.shard is not None:
+        index, count = settings.shard
+        names = ", ".join(h.name if h.password_given else h.label for h in settings.tor_hosts) or "none"
+        print(mask(f"Shard {index}/{count}: this replica polls {len(settings.tor_hosts)} of the "
+                   f"{len(settings.all_tor_hosts)} tors of TOR_HOSTS: {names}"), file=out)
     poller = make_poller(settings)
     try:
         results = poller.poll_all(threading.Event(), budget=settings.tor_timeout + 1)

@@ -8,7 +8,7 @@ The schema classes describe, ahead of time, every sample a source can produce (`
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, NamedTuple, Union
 
 #: A field value. bool is tested before int everywhere (bool is a subclass of int).
 FieldValue = Union[bool, int, float, str]
@@ -17,8 +17,7 @@ FieldValue = Union[bool, int, float, str]
 FIELD_TYPES = ("integer", "float", "boolean", "string")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One measurement of one tor at one moment.
 
     ``tags`` are (key, value) pairs sorted by key (use :func:`make_tags`), so that a tag set is

@@ -12,15 +12,13 @@ import dataclasses
 import difflib
 import ipaddress
 import math
-import os
 import re
-import stat
 import urllib.parse
 from typing import Mapping
 
 from .errors import ConfigError
 from .redact import REDACTOR, Redactor
-from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts
+from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts, shard
 from .sources.control.metricsets import DEFAULT_SETS, SET_NAMES
 
 DEFAULT_PERIOD = 10
@@ -51,9 +49,10 @@ KNOWN = (
     "TOR_HOSTS", "TOR_HOSTS_FILE", "TOR_TIMEOUT", "INFLUX_HOST", "INFLUX_PORT", "INFLUX_URL",
     "INFLUX_ORGANIZATION", "INFLUX_BUCKET", "INFLUX_TOKEN", "INFLUX_TOKEN_FILE", "INFLUX_SERVICE_TAG",
     "INFLUX_SEND_VERSION_TAG", "INFLUX_TIMEOUT", "RUN_EVERY_SECONDS", "BUFFER_DIR", "BUFFER_MAX_POINTS",
-    "BUFFER_MAX_MEMORY", "HEALTHCHECK_FILE", "VERBOSE", "METRIC_SETS",
+    "BUFFER_MAX_MEMORY", "HEALTHCHECK_FILE", "VERBOSE", "METRIC_SETS", "SHARD", "SHARD_INDEX", "SHARD_COUNT",
 )
-PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE")
+PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD")
+MAX_SHARDS = 10_000
 #: Names people type for a variable that has another name here.
 ALIASES = {"INFLUX_ORG": "INFLUX_ORGANIZATION", "INFLUXDB_ORG": "INFLUX_ORGANIZATION",
            "INFLUX_ORG_ID": "INFLUX_ORGANIZATION", "INFLUXDB_TOKEN": "INFLUX_TOKEN",
@@ -82,6 +81,8 @@ class Settings:
     buffer_max_points: int = DEFAULT_BUFFER_MAX_POINTS
     buffer_max_memory: int = DEFAULT_BUFFER_MAX_MEMORY
     metric_sets: tuple[str, ...] = DEFAULT_SETS
+    shard: tuple[int, int] | None = None  # (index, count): this replica polls only its share
+    all_tor_hosts: tuple[TorHost, ...] = ()  # every entry of TOR_HOSTS, also those of other replicas
     warnings: tuple[str, ...] = ()
 
     @property
@@ -351,6 +352,31 @@ def _metric_sets(e: _Env) -> tuple[str, ...]:
     return tuple(s for s in SET_NAMES if s in chosen) or DEFAULT_SETS
 
 
+def _shard(e: _Env) -> tuple[int, int] | None:
+    """SHARD=INDEX/COUNT, or SHARD_INDEX + SHARD_COUNT; INDEX counts from 0 (a StatefulSet's pod index)."""
+    both, index, count = e.get("SHARD"), e.get("SHARD_INDEX"), e.get("SHARD_COUNT")
+    if both and (index or count):
+        e.problem("SHARD and SHARD_INDEX/SHARD_COUNT are both set: set one form")
+        return None
+    if both:
+        index, _, count = both.partition("/")
+        where = "SHARD"
+    elif index or count:
+        where = "SHARD_INDEX/SHARD_COUNT"
+        if not (index and count):
+            e.problem("SHARD_INDEX and SHARD_COUNT must be set together")
+            return None
+    else:
+        return None
+    index, count = index.strip(), count.strip()
+    if not (INT_RE.match(index) and INT_RE.match(count)) or not 1 <= int(count) <= MAX_SHARDS \
+            or not 0 <= int(index) < int(count):
+        e.problem(f"{where}: {_show(e.get('SHARD') or f'{index}/{count}')} is not INDEX/COUNT with "
+                  f"0 <= INDEX < COUNT <= {MAX_SHARDS} (e.g. SHARD=0/5 .. 4/5)")
+        return None
+    return int(index), int(count)
+
+
 def _healthcheck_file(e: _Env) -> str:
     path = e.get("HEALTHCHECK_FILE") or DEFAULT_HEALTHCHECK_FILE
     if not path.isprintable():
@@ -389,6 +415,7 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
         e.problem("BUFFER_DIR: the path contains a control character")
     metric_sets = _metric_sets(e)
     healthcheck_file = _healthcheck_file(e)
+    shard_spec = _shard(e)
 
     url = _influx_url(e)
     org = e.get("INFLUX_ORGANIZATION") or None
@@ -409,8 +436,9 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     e.unknown_variables()
     if e.problems:
         raise ConfigError(e.problems)
+    owned = shard(hosts, *shard_spec) if shard_spec else hosts
     return Settings(
-        tor_hosts=tuple(hosts), mode=mode, period=period, tor_timeout=tor_timeout,
+        tor_hosts=tuple(owned), all_tor_hosts=tuple(hosts), shard=shard_spec, mode=mode, period=period, tor_timeout=tor_timeout,
         influx_url=url, influx_org=org, influx_bucket=bucket, influx_token=token,
         influx_timeout=influx_timeout, service_tag=service_tag, send_version_tag=send_version,
         verbose=verbose, healthcheck_file=healthcheck_file, buffer_dir=buffer_dir,

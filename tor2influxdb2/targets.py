@@ -51,6 +51,8 @@ class TorHost:
         """One line for the start-up log, without the password (nor a name that may be one)."""
         if self.password:
             return f"{self.name} at {self.where} (password ****)"
+        if self.password_given:
+            return f"{self.name} at {self.where} (no password: cookie or no authentication)"
         return f"{self.anonymous} (no password in the entry: cookie or no authentication)"
 
 
@@ -185,3 +187,24 @@ def parse_tor_hosts(entries: Iterable[tuple[str, str]], hint: str = "") -> tuple
         seen[host.name] = label
         hosts.append(host)
     return hosts, problems
+
+
+# ---------------------------------------------------------------------------------------- shards
+
+def shard_owner(name: str, count: int) -> int:
+    """The replica (0 .. count-1) that polls the tor named `name`: rendezvous (highest random
+    weight) hashing, so going from N to N+1 replicas moves only the tors the new one wins (~1/(N+1)).
+    Stable across processes, machines and Python versions (BLAKE2b, not hash())."""
+    import hashlib
+    best, owner = -1, 0
+    encoded = name.encode("utf-8")
+    for index in range(count):
+        weight = int.from_bytes(hashlib.blake2b(b"%d\0" % index + encoded, digest_size=8).digest(), "big")
+        if weight > best:
+            best, owner = weight, index
+    return owner
+
+
+def shard(hosts: Iterable[TorHost], index: int, count: int) -> list[TorHost]:
+    """The tors replica `index` of `count` polls."""
+    return [h for h in hosts if shard_owner(h.name, count) == index]

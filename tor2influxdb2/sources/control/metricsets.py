@@ -66,11 +66,10 @@ DIGITS_RE = re.compile(r"^[0-9]{1,19}$")
 
 def parse_int(text: str | None) -> int | None:
     """A non-negative integer tor wrote, or None when it is not one (or exceeds int64)."""
-    if text is None:
-        return None
-    text = text.strip()
-    if not DIGITS_RE.match(text):
-        return None
+    if text is None or not (0 < len(text) <= 19 and text.isdigit() and text.isascii()):
+        if text is None or text == text.strip():
+            return None
+        return parse_int(text.strip())
     value = int(text)
     return value if value <= INT64_MAX else None
 
@@ -102,10 +101,19 @@ def parse_word(text: str | None) -> str | None:
     return word if WORD_RE.match(word) else None
 
 
+_VERSIONS: dict[str, str] = {}
+
+
 def clean_version(text: str | None) -> str:
     """tor's version answer as a tag value: its first word, only [A-Za-z0-9._+~-], at most 64."""
-    first = (text or "").strip().split(" ")[0]
-    return re.sub(r"[^A-Za-z0-9._+~-]", "_", first)[:64]
+    text = text or ""
+    clean = _VERSIONS.get(text)
+    if clean is None:
+        first = text.strip().split(" ")[0]
+        clean = re.sub(r"[^A-Za-z0-9._+~-]", "_", first)[:64]
+        if len(_VERSIONS) < 1000:
+            _VERSIONS[text] = clean
+    return clean
 
 
 def parse_ns(text: str | None) -> tuple[bool, int | None, frozenset[str]]:
@@ -146,23 +154,33 @@ def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None
 # ------------------------------------------------------------------------------------ answers
 
 class Answers:
-    """Everything one poll of one tor got back. ``failed`` holds the sets whose question failed."""
+    """Everything one poll of one tor got back. ``failed`` holds the sets whose question failed.
+    (Class attributes are the defaults: a poll sets only what it got, which keeps polls cheap.)"""
 
-    __slots__ = ("values", "counts", "failed", "conf", "reach", "ns", "kind", "fingerprint", "nickname",
-                 "elapsed", "unknown")
+    values: dict[str, str | None] = {}
+    counts: dict[str, int] = {}
+    failed: frozenset[str] | set[str] = frozenset()
+    conf: dict[str, str | None] | None = None
+    reach: dict[str, str | None] | None = None
+    ns: tuple[bool, int | None, frozenset[str]] | None = None  # (in consensus, weight, flags)
+    kind: str | None = None
+    fingerprint: str | None = None
+    nickname: str | None = None
+    elapsed: float | None = None  # seconds since this tor's previous poll
+    unknown: frozenset[str] = frozenset()  # keys this tor does not know
 
-    def __init__(self):
-        self.values: dict[str, str | None] = {}
-        self.counts: dict[str, int] = {}
-        self.failed: set[str] = set()
-        self.conf: dict[str, str | None] | None = None
-        self.reach: dict[str, str | None] | None = None
-        self.ns: tuple[bool, int | None, frozenset[str]] | None = None  # (in consensus, weight, flags)
-        self.kind: str | None = None
-        self.fingerprint: str | None = None
-        self.nickname: str | None = None
-        self.elapsed: float | None = None  # seconds since this tor's previous poll
-        self.unknown: frozenset[str] = frozenset()  # keys this tor does not know
+    def fail(self, name: str) -> None:
+        if not isinstance(self.failed, set):
+            self.failed = set()
+        self.failed.add(name)
+
+    def merge(self, values: dict, counts: dict) -> None:
+        """Add a reply's values (the first reply's dicts are taken as they are)."""
+        if "values" not in self.__dict__:
+            self.values, self.counts = values, counts
+        else:
+            self.values.update(values)
+            self.counts.update(counts)
 
 
 Built = list[tuple[str, dict, tuple]]  # (measurement, fields, extra tags)
@@ -170,20 +188,18 @@ Built = list[tuple[str, dict, tuple]]  # (measurement, fields, extra tags)
 
 def _core(a: Answers) -> Built:
     out: Built = []
+    values, counts, unknown = a.values, a.counts, a.unknown
     for measurement, pairs in CORE_MEASUREMENTS:
         fields = {}
-        for field, key in pairs:
-            if key in COUNTED_KEYS:
-                if key in a.counts:
-                    fields[field] = a.counts[key]
-                elif key not in a.unknown:
-                    raise SourceError(Failure(Reason.PROTOCOL, f"tor's answer lacks {key}"))
-                continue
-            if key in a.unknown:
-                continue
-            value = parse_int(a.values.get(key))
+        for field, key, counted in pairs:
+            if counted:
+                value = counts.get(key)
+            else:
+                value = parse_int(values.get(key))
             if value is None:
-                what = "lacks" if key not in a.values else "has a non-integer for"
+                if key in unknown:
+                    continue
+                what = "lacks" if key not in values and key not in counts else "has a non-integer for"
                 raise SourceError(Failure(Reason.PROTOCOL, f"tor's answer {what} {key}"))
             fields[field] = value
         if fields:
@@ -191,12 +207,12 @@ def _core(a: Answers) -> Built:
     return out
 
 
-CORE_MEASUREMENTS = (
+CORE_MEASUREMENTS = tuple((m, tuple((f, k, k in COUNTED_KEYS) for f, k in pairs)) for m, pairs in (
     ("traffic", (("read", "traffic/read"), ("written", "traffic/written"))),
     ("connections", (("circuits_active", "circuit-status"), ("streams_active", "stream-status"))),
     ("handshakes", (("ntor_requested", "stats/ntor/requested"), ("ntor_assigned", "stats/ntor/assigned"),
                     ("tap_requested", "stats/tap/requested"), ("tap_assigned", "stats/tap/assigned"))),
-)
+))
 
 
 def _status(a: Answers) -> Built:

@@ -76,6 +76,7 @@ class ReplyReader:
     __slots__ = ("counted", "keep_lines", "_buf", "_total", "_kept", "_lines", "_values", "_counts",
                  "_data_key", "_data_counted", "_data", "_data_count")
 
+
     def __init__(self, counted: frozenset[str] = frozenset(), keep_lines: bool = False):
         self.counted, self.keep_lines = counted, keep_lines
         self._buf = b""
@@ -100,83 +101,79 @@ class ReplyReader:
     def feed(self, data: bytes) -> list[Reply]:
         """Add bytes; return the replies they complete (often none or one)."""
         buf = self._buf + data if self._buf else data
-        replies = []
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            self._total += end + 1 - start
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > MAX_LINE:
-                raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
-            reply = self._line(line)
-            if reply is not None:
-                replies.append(reply)
-        rest = buf[start:]
+        lines = buf.split(b"\n")
+        rest = lines.pop()  # the part after the last newline: an incomplete line
         if len(rest) > MAX_LINE:
             raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
+        self._total += len(buf) - len(rest)
         if self._total + len(rest) > MAX_REPLY:
             raise ProtocolViolation(Reason.TOO_LARGE, f"a reply is longer than {MAX_REPLY // 2 ** 20} MiB")
         self._buf = rest
+        replies = []
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if len(line) > MAX_LINE:
+                raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
+            if self._data_key is not None:  # inside a data block
+                if line == b".":
+                    if self._data_counted:
+                        self._counts[self._data_key] = self._data_count
+                    else:
+                        self._values[self._data_key] = "\n".join(self._data)
+                    self._data_key = None
+                    self._data = []
+                elif self._data_counted:
+                    if line.strip():
+                        self._data_count += 1
+                else:
+                    if line[:1] == b".":
+                        line = line[1:]
+                    self._kept += len(line) + _LINE_OVERHEAD
+                    if self._kept > MAX_KEPT:
+                        self._too_much()
+                    self._data.append(line.decode("utf-8", "replace"))
+                continue
+            reply = self._status_line(line)
+            if reply is not None:
+                replies.append(reply)
         return replies
 
-    def _line(self, line: bytes) -> Reply | None:
-        if self._data_key is not None:
-            if line == b".":
-                if self._data_counted:
-                    self._counts[self._data_key] = self._data_count
-                else:
-                    self._values[self._data_key] = "\n".join(self._data)
-                self._data_key = None
-                self._data = []
-                return None
-            if line.startswith(b"."):
-                line = line[1:]
-            if self._data_counted:
-                if line.strip():
-                    self._data_count += 1
-            else:
-                self._keep(len(line) + _LINE_OVERHEAD)
-                self._data.append(line.decode("utf-8", "replace"))
-            return None
-        if len(line) < 4 or line[3] not in b" -+" or not line[:3].isdigit():
+    def _status_line(self, line: bytes) -> Reply | None:
+        divider = line[3:4]
+        if len(line) < 4 or divider not in (b"-", b" ", b"+") or not line[:3].isdigit():
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
                                                      "(a reply line without a status code)")
-        status, divider, content = int(line[:3]), chr(line[3]), line[4:]
-        self._keep(len(line) + _LINE_OVERHEAD)
+        content = line[4:]
+        self._kept += len(line) + _LINE_OVERHEAD
+        if self._kept > MAX_KEPT:
+            self._too_much()
         if self.keep_lines:
-            self._lines.append((status, divider, content))
-        if divider == "+":
+            self._lines.append((int(line[:3]), divider.decode(), content))
+        ok = line[:3] == b"250"
+        if divider == b"+":
             key, _, first = content.partition(b"=")
             self._data_key = key.decode("utf-8", "replace")
             self._data_counted = self._data_key in self.counted
-            self._data_count = 0
-            self._data = [first.decode("utf-8", "replace")] if first else []
-            if first and self._data_counted and first.strip():
-                self._data_count = 1
+            self._data_count = 1 if (first.strip() and self._data_counted) else 0
+            self._data = [first.decode("utf-8", "replace")] if first and not self._data_counted else []
             return None
-        if status == 250:
+        if ok:
             key, eq, value = content.partition(b"=")
-            if eq or divider == "-" or content != b"OK":
+            if eq or divider == b"-" or content != b"OK":
                 name = key.decode("utf-8", "replace")
                 if name in self.counted:
                     self._counts[name] = 1 if value.strip() else 0
                 else:
                     self._values[name] = value.decode("utf-8", "replace") if eq else None
-        if divider == " ":
-            reply = Reply(status, content.decode("utf-8", "replace"), self._values, self._counts, self._lines)
+        if divider == b" ":
+            reply = Reply(int(line[:3]), content.decode("utf-8", "replace"), self._values, self._counts, self._lines)
             self._reset()
             return reply
         return None
 
-    def _keep(self, size: int) -> None:
-        self._kept += size
-        if self._kept > MAX_KEPT:
-            raise ProtocolViolation(Reason.TOO_LARGE, f"a reply holds more than {MAX_KEPT // 2 ** 20} MiB of values")
+    def _too_much(self) -> None:
+        raise ProtocolViolation(Reason.TOO_LARGE, f"a reply holds more than {MAX_KEPT // 2 ** 20} MiB of values")
 
 
 def quote(text: str) -> str:

@@ -125,6 +125,7 @@ class ControlSession:
         self.ns_at = float("-inf")
         self._cookie: bytes | None = None
         self._nonce: bytes | None = None
+        self._questions: tuple | None = None
 
     # ------------------------------------------------------------------ what the loop calls
     @property
@@ -142,7 +143,8 @@ class ControlSession:
         self.deadline = now + self.timeout
         self.loop.schedule(self)
         self.answers = Answers()
-        self.answers.elapsed = None if self.last_poll is None else now - self.last_poll
+        if self.last_poll is not None:
+            self.answers.elapsed = now - self.last_poll
         self.collected_ms = 0
         self.retried = False
         self.reused = self.state == READY
@@ -346,18 +348,24 @@ class ControlSession:
     def _ask(self) -> None:
         """Send every question of this poll at once; their replies come back in order."""
         self.state = POLLING
-        commands = []
-        sets = self.plan.main_sets(self.kind)
-        groups = [(s,) for s in sets] if self.split else [sets]
-        for group in groups:
-            commands.append(self._question_main(group))
-        if self.plan.wants_relay(self.kind):
-            commands.append(("GETINFO " + " ".join(REACHABILITY_KEYS), self._on_reachability))
-            commands.append(("GETCONF " + " ".join(BANDWIDTH_OPTIONS), self._on_conf))
-            if self.kind == "relay" and time.monotonic() - self.ns_at >= NS_REFRESH:
-                commands.append((f"GETINFO ns/id/{self.fingerprint}", self._on_ns))
-        self.pending.extend(handler for _, handler in commands)
-        self._send("\r\n".join(command for command, _ in commands))
+        key = (self.kind, self.split, self.unknown)
+        cached = self._questions
+        if cached is None or cached[0] != key:  # the same questions every poll: made once per connection
+            commands = []
+            sets = self.plan.main_sets(self.kind)
+            for group in ([(s,) for s in sets] if self.split else [sets]):
+                commands.append(self._question_main(group))
+            if self.plan.wants_relay(self.kind):
+                commands.append(("GETINFO " + " ".join(REACHABILITY_KEYS), self._on_reachability))
+                commands.append(("GETCONF " + " ".join(BANDWIDTH_OPTIONS), self._on_conf))
+            data = "".join(command + "\r\n" for command, _ in commands).encode("utf-8")
+            cached = self._questions = (key, data, tuple(handler for _, handler in commands))
+        data, handlers = cached[1], cached[2]
+        self.pending.extend(handlers)
+        if self.kind == "relay" and "relay" in self.plan.sets and time.monotonic() - self.ns_at >= NS_REFRESH:
+            self.pending.append(self._on_ns)
+            data += f"GETINFO ns/id/{self.fingerprint}\r\n".encode()
+        self._send_bytes(data)
 
     def _question_main(self, group: tuple[str, ...]):
         keys = self.plan.keys(group, self.unknown)
@@ -367,8 +375,7 @@ class ControlSession:
         if reply.ok:
             if not self.collected_ms:
                 self.collected_ms = time.time_ns() // 1_000_000
-            self.answers.values.update(reply.values)
-            self.answers.counts.update(reply.counts)
+            self.answers.merge(reply.values, reply.counts)
             return
         key = reply.unrecognized_key()
         if key is not None and key != "version" and key in self.plan.keys(group) and key not in self.unknown:
@@ -385,7 +392,7 @@ class ControlSession:
             return
         if group == ("core",) or not group:
             raise SourceError(reply.failure("GETINFO"))
-        self.answers.failed.add(group[0])
+        self.answers.fail(group[0])
 
     def _resend(self, question) -> None:
         command, handler = question
@@ -396,11 +403,11 @@ class ControlSession:
         if reply.ok:
             self.answers.reach = reply.values
         else:
-            self.answers.failed.add("relay")
+            self.answers.fail("relay")
 
     def _on_conf(self, reply: Reply) -> None:
         if not reply.ok:
-            self.answers.failed.add("relay")
+            self.answers.fail("relay")
             return
         self.answers.conf = reply.values
         nickname = (reply.values.get("Nickname") or "").strip()
@@ -412,7 +419,7 @@ class ControlSession:
         elif reply.status in (551, 552):
             self.ns = (False, None, frozenset())
         else:
-            self.answers.failed.add("relay")
+            self.answers.fail("relay")
             return
         self.ns_at = time.monotonic()
 
@@ -438,16 +445,24 @@ class ControlSession:
 
     # ------------------------------------------------------------------ I/O
     def _send(self, text: str) -> None:
-        data = (text + "\r\n").encode("utf-8")
+        self._send_bytes((text + "\r\n").encode("utf-8"))
+
+    def _send_bytes(self, data: bytes) -> None:
         if self.out:
             self.out += data
         else:
-            self.out = data
-            self._flush()
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            self.out = data[sent:]
         self.loop.watch(self, read=True, write=bool(self.out))
 
     def _flush(self) -> None:
-        sent = self.sock.send(self.out)
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
         self.out = self.out[sent:]
         if not self.out:
             self.loop.watch(self, read=True, write=False)

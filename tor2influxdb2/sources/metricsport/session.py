@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from ... import __version__
-from ...errors import Failure, Reason, SourceError
+from ...errors import Failure, Reason, SourceError, os_failure
 from ...redact import clip
 from .address import MetricsAddress
 from .parse import DEFAULT_SELECTION, FamilySelection, PageParser
@@ -37,31 +37,12 @@ RECV = 256 * 1024
 CHUNKED_TRIES = 16
 PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
 
+PREFIX = "MetricsPort: "
+
 CLOSED, RESOLVING, CONNECTING, SENDING, READING = "closed", "resolving", "connecting", "sending", "reading"
 
-_ERRNO = {
-    errno.ECONNREFUSED: (Reason.REFUSED, "connection refused"),
-    errno.ENOENT: (Reason.REFUSED, "no such socket file"),
-    errno.EACCES: (Reason.REFUSED, "permission denied"),
-    errno.ECONNRESET: (Reason.CLOSED, "connection reset"),
-    errno.EPIPE: (Reason.CLOSED, "connection closed"),
-    errno.ENETUNREACH: (Reason.UNREACHABLE, "network unreachable"),
-    errno.EHOSTUNREACH: (Reason.UNREACHABLE, "no route to host"),
-    errno.EADDRNOTAVAIL: (Reason.UNREACHABLE, "address not available"),
-    errno.ETIMEDOUT: (Reason.TIMEOUT, "connection timed out"),
-    errno.EMFILE: (Reason.INTERNAL, "too many open files (raise the open-file limit: ulimit -n)"),
-    errno.ENFILE: (Reason.INTERNAL, "too many open files in the system"),
-}
-
-
-def _os_failure(err: int | OSError) -> Failure:
-    code = err.errno if isinstance(err, OSError) else err
-    reason, text = _ERRNO.get(code, (Reason.CLOSED, None))
-    return Failure(reason, "MetricsPort: " + (text or (os.strerror(code) if code else clip(err, 80))))
-
-
 def _fail_with(reason: Reason, text: str) -> SourceError:
-    return SourceError(Failure(reason, "MetricsPort: " + text))
+    return SourceError(Failure(reason, PREFIX + text))
 
 
 class _Received:
@@ -139,7 +120,7 @@ class MetricsSession:
         except SourceError as exc:
             self._fail(exc.failure)
         except OSError as exc:
-            self._fail(_os_failure(exc))
+            self._fail(os_failure(exc, PREFIX))
 
     def expire(self, now: float) -> None:
         if self.busy and now >= self.deadline:
@@ -149,15 +130,15 @@ class MetricsSession:
                 what = "no answer"
             else:
                 what = f"answer incomplete ({len(self.buffer) - self.header_end} bytes)"
-            self._fail(Failure(Reason.TIMEOUT, f"MetricsPort: {what} within {self.timeout:g} s"))
+            self._fail(Failure(Reason.TIMEOUT, f"{PREFIX}{what} within {self.timeout:g} s"))
 
     def resolved(self, infos: list | None, error: Failure | None) -> None:
         if self.state != RESOLVING or not self.busy:
             return
         if error is not None:
-            self._fail(Failure(error.reason, "MetricsPort: " + error.message))
+            self._fail(Failure(error.reason, PREFIX + error.message))
         elif not infos:
-            self._fail(Failure(Reason.RESOLVE, "MetricsPort: cannot resolve host (no address)"))
+            self._fail(Failure(Reason.RESOLVE, PREFIX + "cannot resolve host (no address)"))
         else:
             family, addr = infos[0]
             self._open(family, addr)
@@ -171,7 +152,7 @@ class MetricsSession:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            self._fail(_os_failure(exc))
+            self._fail(os_failure(exc, PREFIX))
             return
         sock.setblocking(False)
         self.sock = sock
@@ -180,7 +161,7 @@ class MetricsSession:
             self.state = CONNECTING
             self.loop.watch(self, read=False, write=True)
         else:
-            self._fail(_os_failure(err))
+            self._fail(os_failure(err, PREFIX))
 
     def _connected(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -225,10 +206,8 @@ class MetricsSession:
 
     def _header(self) -> None:
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
-        size = 4
-        if end < 0:
-            end, size = buffer.find(b"\n\n"), 2
+        ends = [(at, size) for at, size in ((buffer.find(b"\r\n\r\n"), 4), (buffer.find(b"\n\n"), 2)) if at >= 0]
+        end, size = min(ends) if ends else (-1, 0)
         if end < 0:
             if len(buffer) > MAX_HEADER:
                 raise _fail_with(Reason.TOO_LARGE, f"the HTTP header is larger than {MAX_HEADER // 1024} KiB")
@@ -299,8 +278,8 @@ class MetricsSession:
             samples = self.parser.parse(body, tuple(self.tags()), self.time_ms)
         except SourceError as exc:
             failure = exc.failure
-            if not failure.message.startswith("MetricsPort"):
-                failure = Failure(failure.reason, "MetricsPort: " + failure.message)
+            if not failure.message.startswith(PREFIX):
+                failure = Failure(failure.reason, PREFIX + failure.message)
             self._done(None, failure)
             return
         self._done(samples, None)

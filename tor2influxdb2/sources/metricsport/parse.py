@@ -4,7 +4,8 @@ Selection is a cheap scan of the page's lines: a family starts at its ``# TYPE``
 sample lines named after it (a histogram's ``_bucket``, ``_sum`` and ``_count``); only the lines of
 wanted families are kept, and only those are handed to prometheus_client's text parser, which
 handles the grammar (label quoting and escapes, values). The page of a relay has ~330 lines, of
-which the default families are ~60.
+which the default families are ~60. What the library made of a series is remembered, so later
+pages parse only the values of known series (see :class:`PageParser`).
 
 Each family becomes one measurement named as tor's ``# TYPE`` line names it, the mapping of
 InfluxDB 2 scrapers and Telegraf's ``inputs.prometheus`` with metric_version 1:
@@ -246,11 +247,10 @@ class _Series:
     field its value goes to, its labels (a histogram's without ``le``), whether the selection
     keeps it, and the tags made of its labels and the common tags (memoized per common tags)."""
 
-    __slots__ = ("field", "labels", "keep", "extra", "common", "tags")
+    __slots__ = ("field", "labels", "keep", "common", "tags")
 
     def __init__(self, field: str, labels: dict, keep: bool):
         self.field, self.labels, self.keep = field, labels, keep
-        self.extra: tuple | None = None
         self.common: tuple | None = None
         self.tags: tuple = ()
 
@@ -307,10 +307,8 @@ class PageParser:
              merge: bool) -> None:
         if not series.keep or not math.isfinite(value):
             return
-        if series.common != common:
-            if series.extra is None:
-                series.extra = self._extra(series.labels, reserved)
-            series.common, series.tags = common, make_tags(common + series.extra)
+        if series.common != common:  # the first page, or the common tags changed (a new version)
+            series.common, series.tags = common, make_tags(common + self._extra(series.labels, reserved))
         key = (name, series.tags)
         fields = out.get(key)
         if fields is None:

@@ -113,10 +113,10 @@ def _needles(only: Iterable[tuple[str, str]]) -> tuple[str, ...]:
 def select(text: str, selection: FamilySelection) -> dict[str, tuple[str, list[str]]]:
     """The sample lines of the wanted families: name -> (type, lines), in page order.
 
-    A family runs from its ``# TYPE`` line to the next one.
-    The lines of an unwanted family are skipped after a few counts that show each of them is a
-    series of that family or a comment; otherwise (a wanted family, or a sample line of another
-    name, which starts an untyped family of its own as in Prometheus) they are read one by one.
+    A family runs from its ``# TYPE`` line to the next one. When a few counts show that each of
+    its lines is a comment or a series of that family (as tor writes them), its lines are skipped
+    or kept as a block; otherwise (a histogram, or a sample line of another name, which starts an
+    untyped family of its own as in Prometheus) they are read one by one.
     Raises SourceError(PROTOCOL) when the page is not a tor's (an unknown type, a line that is no
     sample, no ``tor_`` family at all), TOO_LARGE past 8 * MAX_SERIES kept lines."""
     families: dict[str, tuple[str, list[str]]] = {}
@@ -172,15 +172,25 @@ class _Scan:
         region = text[start if start is not None else 0:end]
         if not region or region.isspace():
             return
-        if self.target is None and start is not None and len(self.allowed) == 1:
+        if start is not None and len(self.allowed) == 1:
             # every line is preceded by "\n"; the last "\n" (if any) ends the region
             lines = region.count("\n") - region.endswith("\n")
             name = self.name
             own = region.count("\n#") + region.count("\n" + name + "{") + region.count("\n" + name + " ")
-            if own == lines:
+            if own == lines:  # every line is a comment or a series of this family
+                if self.target is not None:
+                    needles = self.target_needles
+                    self._keep([line for line in region.split("\n") if line and line[0] != "#"
+                                and (not needles or all(n in line for n in needles))])
                 return
         for line in region.split("\n"):
             self.line(line)
+
+    def _keep(self, lines: list[str]) -> None:
+        self.kept += len(lines)
+        if self.kept > MAX_SERIES * 8:
+            raise SourceError(Failure(Reason.TOO_LARGE, f"more than {MAX_SERIES * 8} lines of wanted families"))
+        self.target.extend(lines)
 
     def line(self, line: str) -> None:
         if not line or line[0] == "#" or line.isspace():
@@ -202,10 +212,7 @@ class _Scan:
             return
         if self.target_needles and not all(n in line for n in self.target_needles):
             return
-        self.kept += 1
-        if self.kept > MAX_SERIES * 8:
-            raise SourceError(Failure(Reason.TOO_LARGE, f"more than {MAX_SERIES * 8} lines of wanted families"))
-        self.target.append(line)
+        self._keep([line])
 
 
 def go_float(value: float) -> str:

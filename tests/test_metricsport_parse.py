@@ -330,6 +330,17 @@ def test_a_family_whose_type_changes_between_pages_is_written_with_its_new_type(
         [{"counter": 1.0}]
 
 
+def test_a_sample_without_its_type_line_is_an_untyped_family_of_its_own():
+    """As in Prometheus, even inside the block of another (unwanted) family."""
+    body = tor_page("# TYPE tor_relay_drop_cell_total counter", "tor_relay_drop_cell_total 4",
+                    'tor_hs_new_thing{onion="abc"} 5', "tor_relay_drop_cell_total 6",
+                    "# TYPE tor_hs_typed untyped", 'tor_hs_typed{onion="def"} 7')
+    samples = [s for s in PageParser(onion_label="address").parse(body, COMMON, 1)
+               if s.measurement != "tor_bug_reached_count"]
+    assert [(s.measurement, dict(s.tags)["onion"], s.fields) for s in samples] == \
+        [("tor_hs_new_thing", "abc", {"value": 5.0}), ("tor_hs_typed", "def", {"value": 7.0})]
+
+
 def test_a_family_typed_twice_keeps_its_first_type():
     body = tor_page("# TYPE tor_relay_flag gauge", 'tor_relay_flag{type="a"} 1',
                     "# TYPE tor_relay_flag counter", 'tor_relay_flag{type="b"} 2')

@@ -336,7 +336,8 @@ class PageParser:
             metrics = list(text_string_to_metric_families(page))
         except (ValueError, TypeError, IndexError, KeyError) as exc:
             raise _protocol(f"family {clip(name, 80)} is not valid Prometheus text: {clip(exc, 100)}") from None
-        samples = [s for m in metrics if m.type == type_ for s in m.samples]
+        library_type = "unknown" if type_ == "untyped" else type_  # the library's name for untyped
+        samples = [s for m in metrics if m.type == library_type for s in m.samples]
         cacheable = len(metrics) == 1 and len(samples) == len(lines)
         only = self.selection.only.get(name, ())
         cache = self._cache

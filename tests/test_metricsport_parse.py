@@ -341,6 +341,14 @@ def test_a_sample_without_its_type_line_is_an_untyped_family_of_its_own():
         [("tor_hs_new_thing", "abc", {"value": 5.0}), ("tor_hs_typed", "def", {"value": 7.0})]
 
 
+def test_a_summary_gives_count_sum_and_one_field_per_quantile():
+    body = tor_page("# TYPE tor_hs_latency summary", 'tor_hs_latency{quantile="0.5"} 12', 'tor_hs_latency{quantile="0.99"} 40',
+                    "tor_hs_latency_sum 300", "tor_hs_latency_count 20")
+    (sample,) = [s for s in PageParser().parse(body, COMMON, 1) if s.measurement == "tor_hs_latency"]
+    assert sample.fields == {"0.5": 12.0, "0.99": 40.0, "sum": 300.0, "count": 20.0}
+    assert "quantile" not in dict(sample.tags)
+
+
 def test_a_family_typed_twice_keeps_its_first_type():
     body = tor_page("# TYPE tor_relay_flag gauge", 'tor_relay_flag{type="a"} 1',
                     "# TYPE tor_relay_flag counter", 'tor_relay_flag{type="b"} 2')

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
+import os
+
+from .redact import clip
 
 
 class Reason(enum.Enum):
@@ -114,3 +118,27 @@ class BufferUnusable(T2IError):
 
 class BufferLocked(BufferUnusable):
     """Another daemon holds the buffer's directory."""
+
+
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: (Reason.REFUSED, "connection refused"),
+    errno.ENOENT: (Reason.REFUSED, "no such socket file"),
+    errno.ECONNRESET: (Reason.CLOSED, "connection reset"),
+    errno.EPIPE: (Reason.CLOSED, "connection closed"),
+    errno.ENETUNREACH: (Reason.UNREACHABLE, "network unreachable"),
+    errno.EHOSTUNREACH: (Reason.UNREACHABLE, "no route to host"),
+    errno.EADDRNOTAVAIL: (Reason.UNREACHABLE, "address not available"),
+    errno.ETIMEDOUT: (Reason.TIMEOUT, "connection timed out"),
+    errno.EACCES: (Reason.REFUSED, "permission denied"),
+    errno.EMFILE: (Reason.INTERNAL, "too many open files (raise the open-file limit: ulimit -n)"),
+    errno.ENFILE: (Reason.INTERNAL, "too many open files in the system"),
+}
+
+
+def os_failure(err: int | OSError, prefix: str = "") -> Failure:
+    """The failure a socket error (an OSError or an errno) means, its message after `prefix`."""
+    code = err.errno if isinstance(err, OSError) else err
+    reason, text = _ERRNO_REASONS.get(code, (Reason.CLOSED, None))
+    if text is None:
+        text = os.strerror(code) if code else clip(err)
+    return Failure(reason, prefix + text)

@@ -34,7 +34,7 @@ import stem.response
 import stem.response.authchallenge
 import stem.response.protocolinfo
 
-from ...errors import Failure, Reason, SourceError
+from ...errors import Failure, Reason, SourceError, os_failure
 from ...model import Sample, make_tags
 from ...redact import REDACTOR, clip
 from ...targets import TorHost
@@ -48,28 +48,6 @@ CLOSED, RESOLVING, CONNECTING, SETUP, READY, POLLING = "closed", "resolving", "c
 COOKIE_SIZE = 32
 QUICKACK = os.environ.get("T2I_NO_QUICKACK", "") == ""  # the bench measures the difference
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; reset by the kernel, so set at every read
-
-_ERRNO_REASONS = {
-    errno.ECONNREFUSED: (Reason.REFUSED, "connection refused"),
-    errno.ENOENT: (Reason.REFUSED, "no such socket file"),
-    errno.ECONNRESET: (Reason.CLOSED, "connection reset"),
-    errno.EPIPE: (Reason.CLOSED, "connection closed"),
-    errno.ENETUNREACH: (Reason.UNREACHABLE, "network unreachable"),
-    errno.EHOSTUNREACH: (Reason.UNREACHABLE, "no route to host"),
-    errno.EADDRNOTAVAIL: (Reason.UNREACHABLE, "address not available"),
-    errno.ETIMEDOUT: (Reason.TIMEOUT, "connection timed out"),
-    errno.EACCES: (Reason.REFUSED, "permission denied"),
-    errno.EMFILE: (Reason.INTERNAL, "too many open files (raise the open-file limit: ulimit -n)"),
-    errno.ENFILE: (Reason.INTERNAL, "too many open files in the system"),
-}
-
-
-def os_failure(err: int | OSError) -> Failure:
-    code = err.errno if isinstance(err, OSError) else err
-    reason, text = _ERRNO_REASONS.get(code, (Reason.CLOSED, None))
-    if text is None:
-        text = os.strerror(code) if code else clip(err)
-    return Failure(reason, text)
 
 
 class TagPolicy:

@@ -1,0 +1,311 @@
+"""One MetricsPort scrape (tor2influxdb2.sources.metricsport.session), driven by the daemon's real
+event loop, against a stand-in HTTP server on 127.0.0.1 serving a real captured tor page, and
+against the stand-ins a scrape must survive: one that refuses, one that hangs, one that sends
+garbage, one that sends 50 MB. The last test scrapes the relays of the private Tor network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from metricsport_standin import StandIn, tor_like
+from support import free_port, wait_for
+from tor2influxdb2.errors import Reason
+from tor2influxdb2.model import make_tags
+from tor2influxdb2.poller import EventLoop
+from tor2influxdb2.sources.metricsport import DEFAULT_FAMILIES, MetricsSession, PageParser, parse_address
+from tor2influxdb2.sources.metricsport.parse import ALL_SELECTION
+from tor2influxdb2.sources.metricsport.session import MAX_BODY
+from tornet import tornet  # noqa: F401  (the session fixture, used by name)
+
+DATA = Path(__file__).parent / "data" / "metricsport"
+BODY = (DATA / "relay-exit-lead-capture.prom").read_bytes()
+COMMON = make_tags({"host": "exit1", "service": "tor", "version": "0.4.9.11"})
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(behave, **kwargs) -> StandIn:
+        server = StandIn(behave, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def scrape(session: MetricsSession, loop: EventLoop, limit: float = 15.0):
+    """Run one scrape on the real loop; check on_done is called exactly once."""
+    calls = []
+    started = time.monotonic()
+    session.start(started, lambda s, samples, failure: calls.append((s, samples, failure, time.monotonic())))
+    while not calls and time.monotonic() - started < limit:
+        loop.run_once(0.05)
+    for _ in range(5):
+        loop.run_once(0.01)
+    assert len(calls) == 1, calls
+    s, samples, failure, ended = calls[0]
+    assert s is session and not session.busy and session.sock is None
+    assert (samples is None) != (failure is None)
+    return samples, failure, ended - started
+
+
+@pytest.fixture
+def loop():
+    loop = EventLoop()
+    yield loop
+    loop.close()
+
+
+def session_for(address: str, loop, timeout=5.0, **kwargs) -> MetricsSession:
+    return MetricsSession(parse_address(address), timeout=timeout, loop=loop, tags=lambda: COMMON, **kwargs)
+
+
+def comparable(samples):
+    return sorted((s.measurement, s.tags, tuple(sorted(s.fields.items()))) for s in samples)
+
+
+# ------------------------------------------------------------------------------ real page
+
+def test_a_scrape_reads_the_real_page_like_the_parser(serve, loop):
+    server = serve(tor_like(BODY))
+    session = session_for(f"127.0.0.1:{server.port}", loop)
+    before_ms = time.time_ns() // 1_000_000
+    samples, failure, took = scrape(session, loop)
+    assert failure is None
+    assert comparable(samples) == comparable(PageParser().parse(BODY, COMMON, 0))
+    assert {s.measurement for s in samples} <= set(DEFAULT_FAMILIES)
+    assert all(before_ms <= s.time_ms <= time.time_ns() // 1_000_000 for s in samples)
+    assert took < 2  # complete at Content-Length: no wait for the server to close
+    request = server.requests[0]
+    assert request.startswith(f"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{server.port}\r\n".encode())
+
+
+def test_each_scrape_is_a_new_connection_and_sees_the_new_page(serve, loop):
+    pages = [BODY, BODY.replace(b'type="ntor_v3",action="processed"} 36', b'type="ntor_v3",action="processed"} 99')]
+    assert pages[0] != pages[1]
+
+    def behave(server, conn):
+        tor_like(pages[min(server.connections, 2) - 1])(server, conn)
+
+    server = serve(behave)
+    session = session_for(f"127.0.0.1:{server.port}", loop, families=ALL_SELECTION)
+    for page in pages:
+        samples, failure, _ = scrape(session, loop)
+        assert failure is None
+        assert comparable(samples) == comparable(PageParser(ALL_SELECTION).parse(page, COMMON, 0))
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+def test_chunked_to_eof_and_bare_newline_answers(serve, loop):
+    def chunked(server, conn):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(BODY), 1000):
+            part = BODY[i:i + 1000]
+            conn.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        conn.sendall(b"0\r\n\r\n")
+        server.hold(conn)  # a server that keeps the connection: the last chunk ends the answer
+
+    def to_eof(server, conn):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + BODY)
+
+    def bare_newlines(server, conn):
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\nContent-Length: " + str(len(BODY)).encode() + b"\n\n" + BODY)
+        server.hold(conn)
+
+    expected = comparable(PageParser().parse(BODY, COMMON, 0))
+    for behave in (chunked, to_eof, bare_newlines):
+        server = serve(behave)
+        samples, failure, took = scrape(session_for(f"127.0.0.1:{server.port}", loop), loop)
+        assert failure is None and comparable(samples) == expected, behave.__name__
+        assert took < 2
+
+
+def test_unix_socket_and_dns_name(serve, loop, tmp_path):
+    path = tmp_path / "metrics.sock"
+    serve(tor_like(BODY), unix_path=path)
+    samples, failure, _ = scrape(session_for(f"unix:{path}", loop), loop)
+    assert failure is None and samples
+
+    family, addr = socket.getaddrinfo("localhost", 1, type=socket.SOCK_STREAM)[0][0::4]
+    server = serve(tor_like(BODY), family=family, host=addr[0])
+    session = session_for(f"localhost:{server.port}", loop)
+    samples, failure, _ = scrape(session, loop)
+    assert failure is None and samples
+    assert server.requests[0].split(b"\r\n")[1] == f"Host: localhost:{server.port}".encode()
+
+
+# ------------------------------------------------------------------------------ hostile peers
+
+def test_refused(loop):
+    samples, failure, took = scrape(session_for(f"127.0.0.1:{free_port()}", loop), loop)
+    assert failure.reason == Reason.REFUSED and "refused" in failure.message and took < 1
+
+
+def test_missing_socket_file(loop, tmp_path):
+    _, failure, _ = scrape(session_for(f"unix:{tmp_path}/none.sock", loop), loop)
+    assert failure.reason == Reason.REFUSED and "no such socket file" in failure.message
+
+
+def test_unknown_host(loop):
+    _, failure, _ = scrape(session_for("no-such-host.invalid:9035", loop), loop)
+    assert failure.reason == Reason.RESOLVE and failure.message.startswith("MetricsPort: cannot resolve")
+
+
+def test_a_server_that_hangs_costs_the_deadline_and_no_more(serve, loop):
+    def hang(server, conn):
+        server.read_request(conn)
+        server.hold(conn)
+
+    server = serve(hang)
+    samples, failure, took = scrape(session_for(f"127.0.0.1:{server.port}", loop, timeout=0.5), loop)
+    assert failure.reason == Reason.TIMEOUT and "no answer within 0.5 s" in failure.message
+    assert 0.45 <= took < 1.5
+    wait_for(lambda: len(server.threads) > 1 and not server.threads[1].is_alive(), 5, what="the session hung up")
+
+
+@pytest.mark.parametrize("answer, reason, words", [
+    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", Reason.PROTOCOL, "not HTTP"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64), Reason.PROTOCOL, "not HTTP"),
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html><body>It works!</body></html>", Reason.PROTOCOL,
+     "not Prometheus text (Content-Type text/html)"),
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n<html><body>It works!</body></html>", Reason.PROTOCOL,
+     "not Prometheus text"),
+    (b"HTTP/1.0 404 Not Found\r\n\r\n", Reason.PROTOCOL, "HTTP 404 Not Found (tor serves only /metrics)"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY[:50], Reason.CLOSED, "mid-page (50 of 100 bytes)"),
+    (b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n\r\n\x1f\x8b", Reason.PROTOCOL, "compressed"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Reason.PROTOCOL, "chunked"),
+    (b"", Reason.CLOSED, "MetricsPortPolicy"),
+    (b"HTTP/1.0 200 OK\r\n", Reason.PROTOCOL, "within the HTTP header"),
+])
+def test_garbage_is_a_typed_failure(serve, loop, answer, reason, words):
+    def behave(server, conn):
+        server.read_request(conn)
+        conn.sendall(answer)
+
+    server = serve(behave)
+    _, failure, took = scrape(session_for(f"127.0.0.1:{server.port}", loop), loop)
+    assert failure.reason == reason and words in failure.message, failure
+    assert failure.message.startswith("MetricsPort: ") and len(failure.message) <= 200
+    assert failure.message.isprintable()
+    assert took < 2
+
+
+def memory_kib() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def fifty_mb(announce: bool):
+    def behave(server, conn):
+        server.read_request(conn)
+        header = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+        if announce:
+            header += f"Content-Length: {50 * MIB}\r\n"
+        conn.sendall(header.encode() + b"\r\n")
+        line = b'tor_relay_flag{type="Exit"} 1\n' * 2000
+        sent = 0
+        while sent < 50 * MIB and not server.stop_event.is_set():
+            conn.sendall(line)
+            sent += len(line)
+    return behave
+
+
+def endless_header(server, conn):
+    server.read_request(conn)
+    conn.sendall(b"HTTP/1.0 200 OK\r\n")
+    while not server.stop_event.is_set():
+        conn.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+
+
+@pytest.mark.parametrize("behave, words", [
+    (fifty_mb(announce=True), "larger than 8 MiB (52428800 bytes announced)"),
+    (fifty_mb(announce=False), "larger than 8 MiB"),
+    (endless_header, "HTTP header is larger than 16 KiB"),
+], ids=["announced", "streamed", "header"])
+def test_fifty_megabytes_is_too_large_and_memory_stays_bounded(serve, loop, behave, words):
+    server = serve(behave)
+    session = session_for(f"127.0.0.1:{server.port}", loop, timeout=10)
+    scrape(session, loop)  # warm up: the loop, the parser's imports
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = memory_kib()
+    for _ in range(3):
+        _, failure, took = scrape(session, loop)
+        assert failure.reason == Reason.TOO_LARGE and words in failure.message
+        assert took < 5
+    after = memory_kib()
+    grown = (after["VmHWM"] - before["VmRSS"]) / 1024
+    assert grown < 3 * MAX_BODY / MIB, f"peak grew by {grown:.1f} MiB"
+    assert (after["VmRSS"] - before["VmRSS"]) / 1024 < 16
+
+
+def test_close_during_a_scrape_ends_it_once_with_stopping(serve, loop):
+    def hang(server, conn):
+        server.read_request(conn)
+        server.hold(conn)
+
+    server = serve(hang)
+    session = session_for(f"127.0.0.1:{server.port}", loop)
+    calls = []
+    session.start(time.monotonic(), lambda s, samples, failure: calls.append(failure))
+    wait_for(lambda: loop.run_once(0.05) or server.requests, 5, what="the request")
+    session.close()
+    session.close()
+    for _ in range(5):
+        loop.run_once(0.01)
+    assert [f.reason for f in calls] == [Reason.STOPPING] and session.sock is None
+
+
+# ------------------------------------------------------------------------------ a live tor
+
+@pytest.mark.tornet
+def test_scrapes_the_relays_of_the_private_network(tornet, loop):  # noqa: F811
+    """Every relay at once on one loop: the session reads a live tor's MetricsPort, each family
+    as tor types it, and no counter is ahead of the page tor serves right after."""
+    from test_metricsport_parse import Page
+
+    relays = [n for n in tornet.nodes if n.metrics_port]
+    assert len(relays) >= 2
+    results = {}
+    now = time.monotonic()
+    for node in relays:
+        session = MetricsSession(parse_address(f"127.0.0.1:{node.metrics_port}"), ALL_SELECTION, "hash", 5.0, loop,
+                                 tags=lambda node=node: make_tags({"host": node.name}))
+        session.start(now, lambda s, samples, failure, name=node.name: results.setdefault(name, (samples, failure)))
+    deadline = time.monotonic() + 10
+    while len(results) < len(relays) and time.monotonic() < deadline:
+        loop.run_once(0.05)
+    handshakes = 0.0
+    for node in relays:
+        samples, failure = results[node.name]
+        assert failure is None, (node.name, failure)
+        later = Page(node.metrics())
+        assert {s.measurement for s in samples} == set(later.types)
+        for sample in samples:
+            assert dict(sample.tags)["host"] == node.name
+            type_ = later.types[sample.measurement]
+            assert set(sample.fields) == {type_} if type_ in ("counter", "gauge") else True
+            if type_ == "counter":
+                labels = frozenset((k, v) for k, v in sample.tags if k != "host")
+                assert sample.fields["counter"] <= later.values[(sample.measurement, labels)]
+            if sample.measurement == "tor_relay_load_onionskins_total" and ("type", "ntor_v3") in sample.tags:
+                handshakes += sample.fields["counter"]
+    assert handshakes > 0  # circuits were built through these relays: ntor v3, only on the MetricsPort
+    for node in relays:
+        assert 0 < len(PageParser().parse(node.metrics().encode(), COMMON, 0)) < 80  # a live relay's default series

@@ -161,7 +161,7 @@ def test_backoff_after_a_timeout_is_what_the_log_says(proxy_factory, caplog):
         with caplog.at_level("WARNING", logger="tor2influxdb2"):
             poller.poll_all(stop)  # cycle at t=0: times out
         assert "next try in 2 s" in caplog.text
-        assert poller.targets[0].retry_at <= time.monotonic() + 2 - 0.5
+        assert poller.targets[0].c.retry_at <= time.monotonic() + 2 - 0.5
         poller.poll_all(stop)      # (run at ~0.6 s: still backing off)
         assert silent.accepted == 1
     finally:

@@ -57,14 +57,22 @@ class Schedule:
 
 
 def make_poller(settings: Settings) -> Poller:
+    metrics = {}
+    if settings.metrics_ports:
+        from .sources.metricsport import DEFAULT_SELECTION, MetricsSession
+        families = settings.metricsport_families or DEFAULT_SELECTION
+        for name, address in settings.metrics_ports.items():
+            metrics[name] = (lambda loop, tags, a=address: MetricsSession(a, families, settings.onion_label,
+                                                                          settings.tor_timeout, loop, tags))
     return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, Plan(settings.metric_sets),
-                  TagPolicy(settings.service_tag, settings.send_version_tag))
+                  TagPolicy(settings.service_tag, settings.send_version_tag), metrics)
 
 
 def schema() -> dict:
     """Every measurement the daemon can write, for --schema."""
+    from .sources.metricsport import SCHEMA as METRICSPORT_SCHEMA
     return {"tor2influxdb2": __version__, "precision": "ms",
-            "measurements": [spec.as_json() for spec in CONTROL_SCHEMA]}
+            "measurements": [spec.as_json() for spec in CONTROL_SCHEMA + tuple(METRICSPORT_SCHEMA)]}
 
 
 def print_schema(out: TextIO) -> int:
@@ -109,6 +117,9 @@ def run_test_mode(settings: Settings, out: TextIO) -> int:
     for result in results:
         if result.ok:
             text = report(result.host.where, result.name, result.samples, core=core)
+            if result.metrics_failure is not None:
+                failed += 1
+                text += f"\n\nMetricsPort: not available: {result.metrics_failure.message.removeprefix('MetricsPort: ')}"
         else:
             failed += 1
             name = result.name if result.name == result.host.name else result.host.label
@@ -202,7 +213,7 @@ def collect_lines(results: list[PollResult], encoder: LineEncoder) -> tuple[list
 def write_health(health: HealthFile, settings: Settings, results: list[PollResult], delivery: Delivery,
                  buffer) -> None:
     waiting, age = delivery.waiting()
-    failed = [(r.name, r.error) for r in results if r.failure is not None]
+    failed = [(r.name, problem) for r in results for problem in r.problems]
     problem = delivery.config_problem
     notes = [buffer.degraded] if buffer.degraded else []
     ok, reason = verdict(failed, waiting, age, 3 * settings.period, delivery.last_error,

@@ -29,7 +29,7 @@ import time
 from typing import Callable, Iterable
 
 from .errors import Failure, Reason
-from .model import Sample
+from .model import Sample, make_tags
 from .redact import clip
 from .sources.control.metricsets import Plan
 from .sources.control.session import ControlSession, TagPolicy
@@ -42,8 +42,10 @@ REMIND_EVERY = 60.0
 
 @dataclasses.dataclass(slots=True)
 class PollResult:
-    """What one tor gave in one cycle: samples, or the failure that stopped its poll.
-    ``skipped`` when it was not polled this cycle (still busy, backing off, no time left)."""
+    """What one tor gave in one cycle: samples (of the control port and, if it has one, the
+    MetricsPort), or the failure that stopped each. ``skipped`` when the control port was not
+    polled this cycle (still busy, backing off, no time left); ``metrics_failure`` is the
+    MetricsPort's failure (None when it answered or the tor has none)."""
 
     host: TorHost
     name: str
@@ -51,14 +53,22 @@ class PollResult:
     failure: Failure | None = None
     skipped: bool = False
     kind: str | None = None
+    metrics_failure: Failure | None = None
+    has_metrics: bool = False
 
     @property
     def ok(self) -> bool:
+        """The control port answered (the MetricsPort is judged on its own)."""
         return self.failure is None and not self.skipped
 
     @property
     def error(self) -> str | None:
         return None if self.failure is None else self.failure.message
+
+    @property
+    def problems(self) -> list[str]:
+        """Every failure of this tor this cycle, for the health file."""
+        return [f.message for f in (self.failure, self.metrics_failure) if f is not None]
 
 
 class _Resolver:
@@ -188,20 +198,30 @@ class EventLoop:
         self._wake_w.close()
 
 
-class _Target:
-    """Per-tor bookkeeping: its session, failures, backoff, what was logged."""
+class _Source:
+    """Backoff and logging bookkeeping of one source of one tor."""
 
-    __slots__ = ("index", "host", "control", "failures", "retry_at", "last_failure", "logged_at", "cycle",
-                 "late", "connecting", "queued")
+    __slots__ = ("failures", "retry_at", "last_failure", "logged_at", "cycle")
 
-    def __init__(self, index: int, host: TorHost, control: ControlSession):
-        self.index, self.host, self.control = index, host, control
+    def __init__(self):
         self.failures = 0
         self.retry_at = 0.0
         self.last_failure: Failure | None = None
         self.logged_at = float("-inf")
         self.cycle: _Cycle | None = None  # the cycle its running poll belongs to
-        self.late: list[Sample] = []      # samples of a poll that ended after its cycle
+
+
+class _Target:
+    """One tor: its control session, its MetricsPort session (or None), their bookkeeping."""
+
+    __slots__ = ("index", "host", "control", "metrics", "c", "m", "late", "connecting", "queued")
+
+    def __init__(self, index: int, host: TorHost):
+        self.index, self.host = index, host
+        self.control: ControlSession | None = None
+        self.metrics = None
+        self.c, self.m = _Source(), _Source()
+        self.late: list[Sample] = []  # samples of a poll that ended after its cycle
         self.connecting = False
         self.queued = False
 
@@ -212,36 +232,69 @@ def _who(target: _Target) -> str:
     return f"{target.host.name} ({target.host.where})" if session.confirmed else target.host.anonymous
 
 
+class _Part:
+    """The outcome of one source of one tor in one cycle."""
+
+    __slots__ = ("samples", "failure", "skipped")
+
+    def __init__(self, samples=None, failure: Failure | None = None, skipped: bool = False):
+        self.samples, self.failure, self.skipped = samples or [], failure, skipped
+
+
 class _Cycle:
     def __init__(self, size: int, budget_end: float):
         self.budget_end = budget_end
         self.start = time.monotonic()
+        self.control: list[_Part | None] = [None] * size
+        self.metrics: list[_Part | None] = [None] * size
         self.results: list[PollResult | None] = [None] * size
         self.waiting = 0
         self.finished = threading.Event()
         self.queue: collections.deque = collections.deque()
+        self.scrapes: collections.deque = collections.deque()
+
+
+_COMMON = ("host", "service", "version")
+
+
+def _retag(samples: list[Sample], base: tuple) -> list[Sample]:
+    """MetricsPort samples with the control port's common tags of this cycle (the scrape may end
+    before the control port told the version, e.g. at the first poll)."""
+    if not samples:
+        return samples
+    common = tuple(kv for kv in samples[0].tags if kv[0] in _COMMON)
+    if common == base:
+        return samples
+    return [s._replace(tags=make_tags(base + tuple(kv for kv in s.tags if kv[0] not in _COMMON))) for s in samples]
 
 
 class Poller:
     """Polls every tor concurrently (see the module's docstring). poll_all() may be called from
-    any one thread; everything else happens in the loop thread."""
+    any one thread; everything else happens in the loop thread.
+
+    `metrics` maps TOR_HOSTS names to a factory (target's tags callable -> MetricsSession): those
+    tors' MetricsPorts are scraped in the same cycle, concurrently, each within its own timeout."""
 
     MAX_CONNECTING = 256
+    MAX_SCRAPING = 512
     MAX_BACKOFF = 60.0
 
     def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float, plan: Plan | None = None,
-                 tags: TagPolicy | None = None):
+                 tags: TagPolicy | None = None, metrics: dict | None = None):
         self.timeout, self.period = timeout, period
         self.plan = plan or Plan()
         self.tags = tags or TagPolicy()
         self.loop = EventLoop()
         self.targets: list[_Target] = []
         for index, host in enumerate(hosts):
-            target = _Target(index, host, None)
+            target = _Target(index, host)
             target.control = ControlSession(host, self.plan, self.tags, timeout, self.loop,
                                             warn=lambda text, t=target: LOG.warning("%s: %s", _who(t), text))
+            if metrics and host.name in metrics:
+                target.metrics = metrics[host.name](self.loop, target.control.base_tags)
             self.targets.append(target)
         self.connecting = 0
+        self.scraping = 0
         self.cycle: _Cycle | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="poll", daemon=True)
@@ -293,6 +346,8 @@ class Poller:
     def _close_all(self) -> None:
         for target in self.targets:
             target.control.close()
+            if target.metrics is not None:
+                target.metrics.close()
 
     def _begin(self, cycle: _Cycle) -> None:
         if self.cycle is not None:  # the previous one never finished (a caller gave up on it)
@@ -300,30 +355,49 @@ class Poller:
         self.cycle = cycle
         now = cycle.start = time.monotonic()
         for target in self.targets:
+            i = target.index
             session = target.control
             if session.busy:
-                self._result(cycle, target, skipped=True,
-                             failure=Failure(Reason.NOT_POLLED, "previous poll still running"))
-            elif target.retry_at > now:
-                last = target.last_failure.message if target.last_failure else "failed"
-                self._result(cycle, target, skipped=True, failure=Failure(
-                    Reason.BACKING_OFF, f"{last} (next try in {target.retry_at - now:.0f} s)"))
+                cycle.control[i] = _Part(failure=Failure(Reason.NOT_POLLED, "previous poll still running"),
+                                         skipped=True)
+            elif target.c.retry_at > now:
+                cycle.control[i] = _Part(failure=self._backing_off(target.c, now), skipped=True)
             elif session.state == "ready":
                 self._start(cycle, target, now)
             else:
                 target.queued = True
                 cycle.queue.append(target)
+            if target.metrics is None:
+                cycle.metrics[i] = _Part()
+            elif target.metrics.busy:
+                cycle.metrics[i] = _Part(failure=Failure(Reason.NOT_POLLED, "MetricsPort: previous scrape still "
+                                                                           "running"), skipped=True)
+            elif target.m.retry_at > now:
+                cycle.metrics[i] = _Part(failure=self._backing_off(target.m, now), skipped=True)
+            else:
+                cycle.scrapes.append(target)
         self._start_queued(cycle)
-        if cycle.waiting == 0 and not cycle.queue:
-            self._finish(cycle)
+        self._complete_if_done(cycle)
+
+    @staticmethod
+    def _backing_off(source: _Source, now: float) -> Failure:
+        last = source.last_failure
+        return Failure(Reason.BACKING_OFF, f"{last.message if last else 'failed'} "
+                                           f"(next try in {source.retry_at - now:.0f} s)")
 
     def _start(self, cycle: _Cycle, target: _Target, now: float) -> None:
-        target.cycle = cycle
+        target.c.cycle = cycle
         cycle.waiting += 1
         if target.control.state != "ready":
             target.connecting = True
             self.connecting += 1
         target.control.start(now, lambda session, samples, failure, t=target: self._done(t, samples, failure))
+
+    def _scrape(self, cycle: _Cycle, target: _Target, now: float) -> None:
+        target.m.cycle = cycle
+        cycle.waiting += 1
+        self.scraping += 1
+        target.metrics.start(now, lambda session, samples, failure, t=target: self._scraped(t, samples, failure))
 
     def _start_queued(self, cycle: _Cycle) -> None:
         now = time.monotonic()
@@ -331,80 +405,100 @@ class Poller:
             target = cycle.queue.popleft()
             target.queued = False
             self._start(cycle, target, now)
+        while cycle.scrapes and self.scraping < self.MAX_SCRAPING and now < cycle.budget_end:
+            self._scrape(cycle, cycle.scrapes.popleft(), now)
 
     def _done(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
         if target.connecting:
             target.connecting = False
             self.connecting -= 1
-        cycle, target.cycle = target.cycle, None
-        if cycle is not None and cycle is self.cycle and cycle.results[target.index] is None:
+        cycle, target.c.cycle = target.c.cycle, None
+        if cycle is not None and cycle is self.cycle and cycle.control[target.index] is None:
             cycle.waiting -= 1
-            self._result(cycle, target, samples=samples or [], failure=failure)
+            cycle.control[target.index] = _Part(samples, failure)
         else:  # the cycle it belonged to is over: keep its samples for the next one, account it now
             if samples:
                 target.late.extend(samples)
-            self._account(target, PollResult(target.host, target.control.display, samples or [], failure),
-                          time.monotonic(), [])
+            self._account(target, target.c, failure, False, time.monotonic(), [])
+        self._next(target)
+
+    def _scraped(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
+        self.scraping -= 1
+        cycle, target.m.cycle = target.m.cycle, None
+        if cycle is not None and cycle is self.cycle and cycle.metrics[target.index] is None:
+            cycle.waiting -= 1
+            cycle.metrics[target.index] = _Part(samples, failure)
+        else:
+            if samples:
+                target.late.extend(samples)
+            self._account(target, target.m, failure, False, time.monotonic(), [])
+        self._next(target)
+
+    def _next(self, target: _Target) -> None:
         current = self.cycle
         if current is not None:
             self._start_queued(current)
-            if current.waiting == 0 and not current.queue:
-                self._finish(current)
+            self._complete_if_done(current)
 
-    def _result(self, cycle: _Cycle, target: _Target, samples: list[Sample] | None = None,
-                failure: Failure | None = None, skipped: bool = False) -> None:
-        if target.late:
-            samples = target.late + (samples or [])
-            target.late = []
-        cycle.results[target.index] = PollResult(target.host, target.control.display, samples or [], failure,
-                                                 skipped, target.control.kind)
+    def _complete_if_done(self, cycle: _Cycle) -> None:
+        if cycle.waiting == 0 and not cycle.queue and not cycle.scrapes:
+            self._finish(cycle)
 
     def _finish(self, cycle: _Cycle, stopping: bool = False) -> None:
         if cycle.finished.is_set():
             return
+        late = Failure(Reason.STOPPING, "stopping") if stopping else None
         for target in cycle.queue:
             target.queued = False
-            self._result(cycle, target, skipped=not stopping, failure=Failure(
-                Reason.STOPPING if stopping else Reason.NOT_POLLED,
-                "stopping" if stopping else "not polled: the cycle ran out of time"))
+            cycle.control[target.index] = _Part(failure=late or Failure(
+                Reason.NOT_POLLED, "not polled: the cycle ran out of time"), skipped=not stopping)
+        for target in cycle.scrapes:
+            cycle.metrics[target.index] = _Part(failure=late or Failure(
+                Reason.NOT_POLLED, "MetricsPort: not scraped: the cycle ran out of time"), skipped=not stopping)
         cycle.queue.clear()
-        for target in self.targets:
-            if cycle.results[target.index] is None:  # still running: its result will come late
-                if stopping:
-                    failure = Failure(Reason.STOPPING, "stopping")
-                else:
-                    failure = Failure(Reason.NOT_POLLED, "still connecting when the cycle ended")
-                cycle.results[target.index] = PollResult(target.host, target.control.display, failure=failure,
-                                                         skipped=True)
+        cycle.scrapes.clear()
         changes: list = []
         for target in self.targets:
-            self._account(target, cycle.results[target.index], cycle.start, changes)
+            i = target.index
+            control = cycle.control[i] or _Part(failure=late or Failure(
+                Reason.NOT_POLLED, "still connecting when the cycle ended"), skipped=True)
+            metrics = cycle.metrics[i] or _Part(failure=late or Failure(
+                Reason.NOT_POLLED, "MetricsPort: still scraping when the cycle ended"), skipped=True)
+            self._account(target, target.c, control.failure, control.skipped, cycle.start, changes)
+            if target.metrics is not None:
+                self._account(target, target.m, metrics.failure, metrics.skipped, cycle.start, changes)
+            samples = target.late + control.samples + _retag(metrics.samples, target.control.base_tags())
+            target.late = []
+            cycle.results[i] = PollResult(target.host, target.control.display, samples, control.failure,
+                                          control.skipped, target.control.kind, metrics.failure,
+                                          target.metrics is not None)
         self._log_changes(changes)
         if self.cycle is cycle:
             self.cycle = None
         cycle.finished.set()
 
     # ------------------------------------------------------------------ backoff and logs
-    def _account(self, target: _Target, result: PollResult, cycle_start: float, changes: list) -> None:
+    def _account(self, target: _Target, source: _Source, failure: Failure | None, skipped: bool,
+                 cycle_start: float, changes: list) -> None:
         now = time.monotonic()
-        if result.failure is None and not result.skipped:
-            if target.failures:
-                changes.append(("recovered", target, f"polled again after {target.failures} failed attempt(s)"))
-            target.failures, target.retry_at, target.last_failure = 0, 0.0, None
+        what = "MetricsPort " if source is target.m else ""
+        if failure is None and not skipped:
+            if source.failures:
+                changes.append(("recovered", target, f"{what}polled again after {source.failures} failed attempt(s)"))
+            source.failures, source.retry_at, source.last_failure = 0, 0.0, None
             return
-        if result.skipped or result.failure is None or result.failure.reason == Reason.STOPPING:
+        if skipped or failure is None or failure.reason == Reason.STOPPING:
             return
-        failure = result.failure
-        target.failures += 1
+        source.failures += 1
         retry = ""
         if failure.reason.back_off:
-            delay = min(self.period * 2 ** (target.failures - 1), self.MAX_BACKOFF)
-            target.retry_at = cycle_start + delay - 0.5
+            delay = min(self.period * 2 ** (source.failures - 1), self.MAX_BACKOFF)
+            source.retry_at = cycle_start + delay - 0.5
             retry = f"; next try in {delay:.0f} s"
-        if failure != target.last_failure or now - target.logged_at >= REMIND_EVERY:
+        if failure != source.last_failure or now - source.logged_at >= REMIND_EVERY:
             changes.append(("failed", target, failure.message + retry))
-            target.logged_at = now
-        target.last_failure = failure
+            source.logged_at = now
+        source.last_failure = failure
 
     def _log_changes(self, changes: list) -> None:
         for kind in ("failed", "recovered"):

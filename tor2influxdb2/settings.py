@@ -50,8 +50,9 @@ KNOWN = (
     "INFLUX_ORGANIZATION", "INFLUX_BUCKET", "INFLUX_TOKEN", "INFLUX_TOKEN_FILE", "INFLUX_SERVICE_TAG",
     "INFLUX_SEND_VERSION_TAG", "INFLUX_TIMEOUT", "RUN_EVERY_SECONDS", "BUFFER_DIR", "BUFFER_MAX_POINTS",
     "BUFFER_MAX_MEMORY", "HEALTHCHECK_FILE", "VERBOSE", "METRIC_SETS", "SHARD", "SHARD_INDEX", "SHARD_COUNT",
+    "TOR_METRICS_PORTS", "TOR_METRICS_PORTS_FILE", "METRICSPORT_FAMILIES", "ONION_LABEL",
 )
-PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD")
+PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD", "ONION")
 MAX_SHARDS = 10_000
 #: Names people type for a variable that has another name here.
 ALIASES = {"INFLUX_ORG": "INFLUX_ORGANIZATION", "INFLUXDB_ORG": "INFLUX_ORGANIZATION",
@@ -81,6 +82,9 @@ class Settings:
     buffer_max_points: int = DEFAULT_BUFFER_MAX_POINTS
     buffer_max_memory: int = DEFAULT_BUFFER_MAX_MEMORY
     metric_sets: tuple[str, ...] = DEFAULT_SETS
+    metrics_ports: dict = dataclasses.field(default_factory=dict)  # TOR_HOSTS name -> MetricsAddress
+    metricsport_families: object = None  # a metricsport FamilySelection (None: the default)
+    onion_label: str = "hash"
     shard: tuple[int, int] | None = None  # (index, count): this replica polls only its share
     all_tor_hosts: tuple[TorHost, ...] = ()  # every entry of TOR_HOSTS, also those of other replicas
     warnings: tuple[str, ...] = ()
@@ -377,6 +381,25 @@ def _shard(e: _Env) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
+def _metrics_ports(e: _Env, hosts: list[TorHost]):
+    """TOR_METRICS_PORTS / TOR_METRICS_PORTS_FILE, METRICSPORT_FAMILIES, ONION_LABEL."""
+    from .sources import metricsport
+    text, file_name = e.env.get("TOR_METRICS_PORTS", ""), e.get("TOR_METRICS_PORTS_FILE")
+    pairs = []
+    if text.strip() and file_name:
+        e.problem("TOR_METRICS_PORTS and TOR_METRICS_PORTS_FILE are both set: set one of them")
+    elif file_name:
+        content = e.file_text("TOR_METRICS_PORTS_FILE")
+        pairs = metricsport.split_file(content) if content is not None else []
+    elif text.strip():
+        pairs = metricsport.split_pairs(text)
+    addresses, problems = metricsport.parse_metrics_ports(pairs, {h.name for h in hosts}) if pairs else ({}, [])
+    families, family_problems = metricsport.parse_families(e.env.get("METRICSPORT_FAMILIES"))
+    onion_label, label_problems = metricsport.parse_onion_label(e.env.get("ONION_LABEL"))
+    e.problems += problems + family_problems + label_problems
+    return addresses, families, onion_label
+
+
 def _healthcheck_file(e: _Env) -> str:
     path = e.get("HEALTHCHECK_FILE") or DEFAULT_HEALTHCHECK_FILE
     if not path.isprintable():
@@ -416,6 +439,7 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     metric_sets = _metric_sets(e)
     healthcheck_file = _healthcheck_file(e)
     shard_spec = _shard(e)
+    metrics_ports, families, onion_label = _metrics_ports(e, hosts)
 
     url = _influx_url(e)
     org = e.get("INFLUX_ORGANIZATION") or None
@@ -443,4 +467,6 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
         influx_timeout=influx_timeout, service_tag=service_tag, send_version_tag=send_version,
         verbose=verbose, healthcheck_file=healthcheck_file, buffer_dir=buffer_dir,
         buffer_max_points=buffer_max, buffer_max_memory=buffer_memory, metric_sets=metric_sets,
+        metrics_ports={h.name: metrics_ports[h.name] for h in owned if h.name in metrics_ports},
+        metricsport_families=families, onion_label=onion_label,
         warnings=tuple(e.warnings))

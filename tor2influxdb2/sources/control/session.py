@@ -415,6 +415,11 @@ class ControlSession:
         self.last_poll = self.deadline - self.timeout
         self._done(samples, None)
 
+    def base_tags(self) -> tuple:
+        """The common tags of this tor as of its last answer (without version before the first)."""
+        cache = self._tag_cache
+        return cache[1] if cache is not None else make_tags(self.tag_policy.tags(self.host.name, ""))
+
     def _base_tags(self, version: str) -> tuple:
         cache = self._tag_cache
         if cache is None or cache[0] != version:

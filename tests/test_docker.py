@@ -429,7 +429,7 @@ def test_compose_demo_stack_is_valid_and_keeps_its_promises():
     """The README's `docker compose up` demo: validated by docker-compose, no engine needed."""
     config = compose_config()
     services = config["services"]
-    assert set(services) == {"tor", "influxdb", "tor2influxdb2"}, services.keys()
+    assert set(services) == {"tor", "influxdb", "tor2influxdb2", "grafana"}, services.keys()  # grafana: test_dashboards
     tor, influx, app = services["tor"], services["influxdb"], services["tor2influxdb2"]
     # tor: built from Debian's package; its ControlPort is never published on the host
     assert "build" in tor and not tor.get("ports"), tor

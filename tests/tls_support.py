@@ -209,7 +209,8 @@ def _issue(directory: Path, name: str, ca_cert: Path, ca_key: Path, ext: str,
     newcerts = work / "newcerts"
     newcerts.mkdir(exist_ok=True)
     _openssl("ca", "-batch", "-notext", "-rand_serial", "-preserveDN",
-             "-config", str(directory / "openssl.cnf"), "-cert", str(ca_cert), "-keyfile", str(ca_key), "-in", str(csr), "-out", str(cert),
+             "-config", str(directory / "openssl.cnf"), "-cert", str(ca_cert),
+             "-keyfile", str(ca_key), "-in", str(csr), "-out", str(cert),
              "-startdate", _asn1_time(not_before), "-enddate", _asn1_time(not_after),
              "-extensions", ext,
              env={"PKI_SAN": ",".join(names) or "DNS:unused", "PKI_DB": str(db),

@@ -212,10 +212,12 @@ class VictoriaMetrics:
     Accepts InfluxDB v2 writes at `url` + /api/v2/write. `export()` forces a
     flush and reads raw samples back through /api/v1/export. stop()/start()
     keep the port and the data, so a test can take it down for an outage.
+    `extra_args` are appended to its command line (e.g. the -tls flags).
     """
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()):
         self.workdir = Path(workdir)
+        self.extra_args = tuple(extra_args)
         self.datadir = self.workdir / "vmdata"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -227,7 +229,7 @@ class VictoriaMetrics:
         self.proc = subprocess.Popen(
             [VM_BIN, f"-httpListenAddr=127.0.0.1:{self.port}",
              f"-storageDataPath={self.datadir}", "-retentionPeriod=100y",
-             "-search.latencyOffset=0s", "-loggerLevel=WARN"],
+             "-search.latencyOffset=0s", "-loggerLevel=WARN", *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._get("/health") == b"OK", timeout, what="VictoriaMetrics /health")
         return self

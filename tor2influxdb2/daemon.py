@@ -100,6 +100,13 @@ def ensure_fd_limit(connections: int) -> None:
                         need, need, need)
 
 
+def make_writer(settings: Settings) -> InfluxWriter:
+    from .sinks.transport import make_ssl_context
+    context = make_ssl_context(settings.influx_tls) if settings.influx_tls is not None else None
+    return InfluxWriter(settings.influx_url, settings.influx_org, settings.influx_bucket, settings.influx_token,
+                        settings.influx_timeout, settings.influx_connect_timeout, context, settings.influx_proxy)
+
+
 def run_test_mode(settings: Settings, out: TextIO) -> int:
     """-t: poll every tor once, print what would be written, upload nothing. 0 if all answered."""
     if settings.shard is not None:
@@ -147,8 +154,7 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         health.write(False, str(exc))
         return 2
     ensure_fd_limit(len(settings.tor_hosts))
-    writer = InfluxWriter(settings.influx_url, settings.influx_org, settings.influx_bucket, settings.influx_token,
-                          settings.influx_timeout)
+    writer = make_writer(settings)
     delivery = Delivery(writer, buffer, stop)
     poller = make_poller(settings)
     encoder = LineEncoder()
@@ -156,8 +162,9 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
     schedule = Schedule(settings.period)
     delivery.start()
     watchdog.start()
-    LOG.info("polling %d tor(s) every %d s (metric sets: %s), writing to %s (org %s, bucket %s)",
-             len(settings.tor_hosts), settings.period, ", ".join(settings.metric_sets), settings.influx_url,
+    via = f" through {settings.influx_proxy.where}" if settings.influx_proxy is not None else ""
+    LOG.info("polling %d tor(s) every %d s (metric sets: %s), writing to %s%s (org %s, bucket %s)",
+             len(settings.tor_hosts), settings.period, ", ".join(settings.metric_sets), settings.influx_url, via,
              settings.influx_org, settings.influx_bucket)
     cycle = 0
     try:

@@ -25,6 +25,8 @@ DEFAULT_PERIOD = 10
 DEFAULT_TOR_TIMEOUT = 5.0
 DEFAULT_INFLUX_PORT = 8086
 DEFAULT_INFLUX_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT_PROXY = 30.0  # through Tor the connection includes building the rendezvous circuit
 DEFAULT_HEALTHCHECK_FILE = "/healthcheck"
 # 24 h of 50 hosts polled every 10 s, 3 points each
 DEFAULT_BUFFER_MAX_POINTS = 24 * 3600 // 10 * 50 * 3
@@ -51,6 +53,8 @@ KNOWN = (
     "INFLUX_SEND_VERSION_TAG", "INFLUX_TIMEOUT", "RUN_EVERY_SECONDS", "BUFFER_DIR", "BUFFER_MAX_POINTS",
     "BUFFER_MAX_MEMORY", "HEALTHCHECK_FILE", "VERBOSE", "METRIC_SETS", "SHARD", "SHARD_INDEX", "SHARD_COUNT",
     "TOR_METRICS_PORTS", "TOR_METRICS_PORTS_FILE", "METRICSPORT_FAMILIES", "ONION_LABEL",
+    "INFLUX_CONNECT_TIMEOUT", "INFLUX_PROXY", "INFLUX_PROXY_FILE", "INFLUX_CA_CERT", "INFLUX_CLIENT_CERT",
+    "INFLUX_CLIENT_KEY", "INFLUX_CLIENT_KEY_PASSWORD_FILE", "INFLUX_TLS_VERIFY",
 )
 PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD", "ONION")
 MAX_SHARDS = 10_000
@@ -74,6 +78,9 @@ class Settings:
     influx_bucket: str | None = None
     influx_token: str | None = dataclasses.field(default=None, repr=False)
     influx_timeout: float = DEFAULT_INFLUX_TIMEOUT
+    influx_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    influx_tls: object = None    # a sinks.transport.TlsOptions
+    influx_proxy: object = dataclasses.field(default=None, repr=False)  # a sinks.transport.Proxy
     service_tag: str = "tor"
     send_version_tag: bool = True
     verbose: bool = False
@@ -95,9 +102,13 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret no output may show."""
-        found = [h.password for h in self.tor_hosts if h.password]
+        found = [h.password for h in self.all_tor_hosts or self.tor_hosts if h.password]
         if self.influx_token:
             found.append(self.influx_token)
+        if self.influx_tls is not None and self.influx_tls.key_password:
+            found.append(self.influx_tls.key_password)
+        if self.influx_proxy is not None:
+            found += [x for x in (self.influx_proxy.url, self.influx_proxy.username, self.influx_proxy.password) if x]
         return found
 
 
@@ -400,6 +411,34 @@ def _metrics_ports(e: _Env, hosts: list[TorHost]):
     return addresses, families, onion_label
 
 
+def _transport(e: _Env, url: str | None):
+    """INFLUX_PROXY(_FILE), INFLUX_CA_CERT, INFLUX_CLIENT_CERT/KEY(+_PASSWORD_FILE), INFLUX_TLS_VERIFY."""
+    from .sinks.transport import TlsOptions, make_ssl_context, parse_proxy
+    proxy = None
+    proxy_url = e.secret("INFLUX_PROXY", "INFLUX_PROXY_FILE", "proxy URL", ascii_only=True)
+    if proxy_url:
+        proxy, problem = parse_proxy(proxy_url)
+        if problem:
+            e.problem(problem)
+    key_password = e.secret("", "INFLUX_CLIENT_KEY_PASSWORD_FILE", "key password", ascii_only=False)
+    files = {name: e.get(name) or None for name in ("INFLUX_CA_CERT", "INFLUX_CLIENT_CERT", "INFLUX_CLIENT_KEY")}
+    verify = e.flag("INFLUX_TLS_VERIFY", True)
+    tls = TlsOptions(files["INFLUX_CA_CERT"], files["INFLUX_CLIENT_CERT"], files["INFLUX_CLIENT_KEY"], key_password,
+                     verify)
+    try:
+        make_ssl_context(tls)
+    except ValueError as exc:
+        e.problem(str(exc))
+    https = bool(url and url.startswith("https://"))
+    if url and not https and (any(files.values()) or not verify):
+        e.warnings.append("INFLUX_CA_CERT/INFLUX_CLIENT_*/INFLUX_TLS_VERIFY are set but INFLUX_URL is http: "
+                          "they take effect only with https")
+    if https and not verify:
+        e.warnings.append("INFLUX_TLS_VERIFY=false: InfluxDB's certificate is not checked, anyone on the path "
+                          "can read the token and the points (use INFLUX_CA_CERT with your own CA instead)")
+    return tls, proxy
+
+
 def _healthcheck_file(e: _Env) -> str:
     path = e.get("HEALTHCHECK_FILE") or DEFAULT_HEALTHCHECK_FILE
     if not path.isprintable():
@@ -442,6 +481,9 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     metrics_ports, families, onion_label = _metrics_ports(e, hosts)
 
     url = _influx_url(e)
+    tls, proxy = _transport(e, url)
+    connect_timeout = e.number("INFLUX_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_PROXY if proxy else
+                               DEFAULT_CONNECT_TIMEOUT, integer=False, minimum=0.1, maximum=MAX_INFLUX_TIMEOUT)
     org = e.get("INFLUX_ORGANIZATION") or None
     bucket = e.get("INFLUX_BUCKET") or None
     for name, value in (("INFLUX_ORGANIZATION", org), ("INFLUX_BUCKET", bucket)):
@@ -464,7 +506,8 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     return Settings(
         tor_hosts=tuple(owned), all_tor_hosts=tuple(hosts), shard=shard_spec, mode=mode, period=period, tor_timeout=tor_timeout,
         influx_url=url, influx_org=org, influx_bucket=bucket, influx_token=token,
-        influx_timeout=influx_timeout, service_tag=service_tag, send_version_tag=send_version,
+        influx_timeout=influx_timeout, influx_connect_timeout=connect_timeout, influx_tls=tls, influx_proxy=proxy,
+        service_tag=service_tag, send_version_tag=send_version,
         verbose=verbose, healthcheck_file=healthcheck_file, buffer_dir=buffer_dir,
         buffer_max_points=buffer_max, buffer_max_memory=buffer_memory, metric_sets=metric_sets,
         metrics_ports={h.name: metrics_ports[h.name] for h in owned if h.name in metrics_ports},

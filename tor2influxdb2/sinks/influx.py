@@ -75,17 +75,23 @@ class InfluxWriter:
     WriteError otherwise. One connection, kept alive, for the process's life."""
 
     def __init__(self, url: str, org: str, bucket: str, token: str, timeout: float,
-                 connect_timeout: float | None = None, pool_options: dict | None = None, proxy=None):
+                 connect_timeout: float | None = None, ssl_context=None, proxy=None):
+        """`timeout` bounds the wait for InfluxDB's answer, `connect_timeout` the connection (TCP, TLS
+        and, through Tor, building the circuit to an onion service); a request never takes longer
+        than both together."""
         import certifi
         import urllib3
         self.timeout = timeout
-        self.connect_timeout = connect_timeout or min(timeout, 10.0)
+        self.connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 10.0)
         query = urllib.parse.urlencode({"org": org, "bucket": bucket, "precision": "ms"})
         self.url = f"{url}/api/v2/write?{query}"
         self.headers = {"Authorization": f"Token {token}", "Content-Type": "text/plain; charset=utf-8",
                         "Content-Encoding": "gzip", "Accept": "application/json",
                         "User-Agent": f"tor2influxdb2/{__version__}"}
-        options = {"cert_reqs": "CERT_REQUIRED", "ca_certs": certifi.where(), **(pool_options or {})}
+        if ssl_context is not None:
+            options = {"ssl_context": ssl_context}
+        else:
+            options = {"cert_reqs": "CERT_REQUIRED", "ca_certs": certifi.where()}
         self.guard = _Guard()
         if proxy is not None:
             self.manager = proxy.manager(options)
@@ -97,7 +103,8 @@ class InfluxWriter:
     def write(self, lines: list[str], timeout: float | None = None) -> None:
         """One request with every line; bounded by `timeout` (default INFLUX_TIMEOUT) in all."""
         import urllib3
-        limit = self.timeout if timeout is None else min(timeout, self.timeout)
+        limit = self.timeout + self.connect_timeout if timeout is None else min(timeout,
+                                                                               self.timeout + self.connect_timeout)
         body = gzip.compress("\n".join(lines).encode("utf-8"), compresslevel=5)
         self.requests += 1
         guard = self.guard
@@ -109,7 +116,7 @@ class InfluxWriter:
             response = self.manager.request(
                 "POST", self.url, body=body, headers=self.headers, retries=False, redirect=False,
                 preload_content=False,
-                timeout=urllib3.Timeout(connect=min(self.connect_timeout, limit), read=limit))
+                timeout=urllib3.Timeout(connect=min(self.connect_timeout, limit), read=min(self.timeout, limit)))
             status = response.status
             headers = dict(response.headers)
             if status == 204:
@@ -124,6 +131,9 @@ class InfluxWriter:
             if guard.fired:
                 raise WriteError(Failure(Reason.HTTP_TRANSIENT, f"no answer from InfluxDB within {limit:g} s")) \
                     from None
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+                raise WriteError(Failure(Reason.HTTP_TRANSIENT, f"no answer from InfluxDB within "
+                                                                f"{min(self.timeout, limit):g} s")) from None
             raise classify_exception(exc) from None
         finally:
             timer.cancel()
@@ -177,8 +187,13 @@ def classify_exception(exc: BaseException) -> WriteError:
     import socket
     import ssl
     import urllib3.exceptions as e
+    from .transport import socks_failure
     # (urllib3's NewConnectionError is a subclass of ConnectTimeoutError, whatever its cause)
     causes = [c for c in _chain(exc) if not isinstance(c, e.NewConnectionError)]
+    for cause in causes:
+        failure = socks_failure(cause) if "socks" in type(cause).__module__ else None
+        if failure is not None:
+            return WriteError(failure)
     if any(isinstance(c, (ssl.SSLError, ssl.CertificateError, e.SSLError)) for c in causes):
         return WriteError(Failure(Reason.TLS, f"TLS failed: {_ssl_reason(exc)}"))
     if isinstance(exc, e.ProxyError) and not any(isinstance(c, ConnectionRefusedError) for c in causes):
@@ -215,10 +230,28 @@ def _innermost(exc: BaseException) -> BaseException:
     return seen
 
 
+_TLS_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate (INFLUX_CLIENT_CERT/KEY)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake (a client certificate required?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust this client certificate",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS there (is INFLUX_URL http?)",
+}
+
+
 def _ssl_reason(exc: BaseException) -> str:
-    inner = _innermost(exc)
-    text = getattr(inner, "verify_message", None) or getattr(inner, "reason", None) or str(inner)
-    return clip(text, 160)
+    import ssl
+    for cause in _chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return clip(f"certificate verify failed: {cause.verify_message}", 160)
+    for cause in _chain(exc):
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "reason", None) or ""
+            if reason in _TLS_ALERTS:
+                return _TLS_ALERTS[reason]
+            if isinstance(cause, ssl.SSLEOFError) or "EOF occurred" in str(cause):
+                return "the server closed the TLS connection (it may refuse this client certificate)"
+            return clip(reason or cause, 160)
+    return clip(_innermost(exc), 160)
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:

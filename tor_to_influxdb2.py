@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(configured by environment variables; see README.md).")
     parser.add_argument("-t", "--test", action="store_true",
                         help="poll every tor once and print the measurements; upload nothing")
+    parser.add_argument("--line-protocol", action="store_true",
+                        help="write each cycle's points as InfluxDB line protocol on stdout (for Telegraf's "
+                             "inputs.execd); no InfluxDB needed, logs stay on stderr")
     parser.add_argument("--schema", action="store_true",
                         help="print every measurement, field, type and tag the daemon can write, as JSON")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None, env=None) -> int:
     from tor2influxdb2.redact import mask
     from tor2influxdb2.settings import config_from_env
     env = os.environ if env is None else env
-    mode = "test" if args.test else "daemon"
+    mode = "test" if args.test else "line-protocol" if args.line_protocol else "daemon"
     try:
         settings = config_from_env(env, mode=mode)
     except ConfigError as exc:

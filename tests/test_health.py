@@ -108,20 +108,12 @@ def test_watchdog_thread_stops_promptly(tmp_path):
     assert not dog.thread.is_alive()
 
 
-def test_verdict_names_failed_hosts_and_old_backlog():
-    assert verdict([], 0, None, 30, None) == (True, "")
-    assert verdict([], 10, 12.0, 30, "x") == (True, "")  # a young backlog is fine
-    healthy, reason = verdict([("b", "no answer within 5 s")], 40, 31.0, 30, "InfluxDB answered 500: oops")
-    assert not healthy
-    assert reason == ("host b: no answer within 5 s; 40 points waiting for InfluxDB for 31 s "
-                      "(InfluxDB answered 500: oops)")
-
-
-def test_a_configuration_problem_or_a_degraded_buffer_is_unhealthy_at_once():
-    healthy, reason = verdict([], 3, 1.0, 30, "x", config_problem="TLS failed: certificate verify failed")
-    assert not healthy and reason == "3 points kept: TLS failed: certificate verify failed"
-    healthy, reason = verdict([], 0, None, 30, None, notes=["buffer: disk full; keeping points in memory"])
-    assert not healthy and "disk full" in reason
+def test_verdict_names_failed_hosts_and_what_the_outputs_report():
+    assert verdict([]) == (True, "")
+    healthy, reason = verdict([("b", "no answer within 5 s")], ["40 points waiting for InfluxDB for 31 s"])
+    assert not healthy and reason == "host b: no answer within 5 s; 40 points waiting for InfluxDB for 31 s"
+    healthy, reason = verdict([(f"h{i}", "down") for i in range(7)])
+    assert reason.endswith("host h4: down; and 2 more hosts")
 
 
 def test_a_secret_echoed_by_a_peer_never_reaches_the_file(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import sys
 import threading
 import time
 from typing import Callable, TextIO
@@ -136,36 +137,108 @@ def run_test_mode(settings: Settings, out: TextIO) -> int:
     return 1 if failed else 0
 
 
-def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None) -> int:
-    """The daemon: poll, buffer, deliver, report health, every period, until `stop` is set."""
+class InfluxOutput:
+    """The InfluxDB sink: the buffer, the writer and the delivery thread."""
+
+    def __init__(self, settings: Settings, stop: threading.Event):
+        self.buffer = open_buffer(settings.buffer_dir, settings.buffer_max_points, settings.buffer_max_memory)
+        self.writer = make_writer(settings)
+        self.delivery = Delivery(self.writer, self.buffer, stop)
+        via = f" through {settings.influx_proxy.where}" if settings.influx_proxy is not None else ""
+        self.describe = f"{settings.influx_url}{via} (org {settings.influx_org}, bucket {settings.influx_bucket})"
+
+    def start(self) -> None:
+        self.delivery.start()
+
+    def submit(self, lines: list[str], stamps: list[int]) -> int:
+        backlog = len(self.buffer)  # points of earlier cycles not delivered yet
+        if lines:
+            self.delivery.submit(lines, stamps)
+        self.buffer.check()
+        return backlog
+
+    def problems(self, limit: float) -> list[str]:
+        waiting, age = self.delivery.waiting()
+        problem = self.delivery.config_problem
+        out = []
+        if problem is not None:
+            out.append(f"{waiting} points kept: {problem.message}")
+        elif waiting and age is not None and age > limit:
+            error = self.delivery.last_error
+            out.append(f"{waiting} points waiting for InfluxDB for {age:.0f} s" + (f" ({error})" if error else ""))
+        if self.buffer.degraded:
+            out.append(self.buffer.degraded)
+        return out
+
+    def close(self) -> None:
+        self.delivery.finish(budget=1.5)
+        if not self.delivery.thread.is_alive():  # a request still stuck keeps its handles
+            self.writer.close()
+            self.buffer.close()
+
+
+class StdoutOutput:
+    """--line-protocol: each cycle's lines on stdout, flushed per cycle (logs stay on stderr)."""
+
+    describe = "stdout (line protocol)"
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, lines: list[str], stamps: list[int]) -> int:
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()  # BrokenPipeError when the reader went away: the daemon stops
+        return 0
+
+    def problems(self, limit: float) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None, out: TextIO | None = None) -> int:
+    """The daemon: poll, hand the points to the outputs, report health, every period, until `stop`."""
+    health = None
+    if settings.healthcheck_file:
+        try:
+            health = HealthFile(settings.healthcheck_file)
+            health.write(False, "starting: no cycle finished yet")
+        except UnsafePath as exc:
+            LOG.error("%s", exc)
+            return 2
+        except OSError as exc:
+            LOG.error("HEALTHCHECK_FILE: cannot write %s: %s", settings.healthcheck_file, exc.strerror or exc)
+            return 2
+    outputs: list = []
     try:
-        health = HealthFile(settings.healthcheck_file)
-        health.write(False, "starting: no cycle finished yet")
-    except UnsafePath as exc:
-        LOG.error("%s", exc)
-        return 2
-    except OSError as exc:
-        LOG.error("HEALTHCHECK_FILE: cannot write %s: %s", settings.healthcheck_file, exc.strerror or exc)
-        return 2
-    try:
-        buffer = open_buffer(settings.buffer_dir, settings.buffer_max_points, settings.buffer_max_memory)
+        if settings.mode == "line-protocol":
+            outputs.append(StdoutOutput(out or sys.stdout))
+        elif settings.influx_url:
+            outputs.append(InfluxOutput(settings, stop))
     except (BufferLocked, UnsafePath) as exc:
         LOG.error("%s", exc)
-        health.write(False, str(exc))
+        if health is not None:
+            health.write(False, str(exc))
         return 2
-    ensure_fd_limit(len(settings.tor_hosts))
-    writer = make_writer(settings)
-    delivery = Delivery(writer, buffer, stop)
+    ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
     poller = make_poller(settings)
     encoder = LineEncoder()
-    watchdog = Watchdog(health, 3 * settings.period, stop)
+    watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
     schedule = Schedule(settings.period)
-    delivery.start()
-    watchdog.start()
-    via = f" through {settings.influx_proxy.where}" if settings.influx_proxy is not None else ""
-    LOG.info("polling %d tor(s) every %d s (metric sets: %s), writing to %s%s (org %s, bucket %s)",
-             len(settings.tor_hosts), settings.period, ", ".join(settings.metric_sets), settings.influx_url, via,
-             settings.influx_org, settings.influx_bucket)
+    for output in outputs:
+        output.start()
+    if watchdog is not None:
+        watchdog.start()
+    LOG.info("polling %d tor(s) every %d s (metric sets: %s), writing to %s", len(settings.tor_hosts),
+             settings.period, ", ".join(settings.metric_sets), "; ".join(o.describe for o in outputs) or "nothing")
     cycle = 0
     try:
         while not stop.is_set():
@@ -174,31 +247,32 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             results = poller.poll_all(stop)
             if stop.is_set() and not any(r.samples for r in results):
                 break
-            backlog = len(buffer)  # points of earlier cycles not delivered yet
             lines, stamps = collect_lines(results, encoder)
-            if lines:
-                delivery.submit(lines, stamps)
-            buffer.check()
-            write_health(health, settings, results, delivery, buffer)
-            watchdog.cycle_finished()
+            backlog = 0
+            for output in outputs:
+                backlog += output.submit(lines, stamps)
+            if health is not None:
+                write_health(health, settings, results, outputs)
+                watchdog.cycle_finished()
             good = sum(1 for r in results if r.ok)
             LOG.debug("cycle %d done in %.3f s: %d/%d hosts ok, %d points, %d waiting", cycle,
                       time.monotonic() - started, good, len(results), len(lines), backlog)
             if max_cycles is not None and cycle >= max_cycles:
                 break
             stop.wait(schedule.next_delay())
+    except BrokenPipeError:
+        LOG.info("stdout was closed by its reader: stopping")
     finally:
         LOG.info("stopping")
         stop.set()
         poller.close()
-        delivery.finish(budget=1.5)
-        if not delivery.thread.is_alive():  # a request still stuck keeps its handles
-            writer.close()
-            buffer.close()
-        try:
-            health.write(False, "stopped")
-        except OSError:
-            pass
+        for output in outputs:
+            output.close()
+        if health is not None:
+            try:
+                health.write(False, "stopped")
+            except OSError:
+                pass
     return 0
 
 
@@ -217,14 +291,10 @@ def collect_lines(results: list[PollResult], encoder: LineEncoder) -> tuple[list
     return lines, stamps
 
 
-def write_health(health: HealthFile, settings: Settings, results: list[PollResult], delivery: Delivery,
-                 buffer) -> None:
-    waiting, age = delivery.waiting()
+def write_health(health: HealthFile, settings: Settings, results: list[PollResult], outputs: list) -> None:
     failed = [(r.name, problem) for r in results for problem in r.problems]
-    problem = delivery.config_problem
-    notes = [buffer.degraded] if buffer.degraded else []
-    ok, reason = verdict(failed, waiting, age, 3 * settings.period, delivery.last_error,
-                         problem.message if problem else None, notes)
+    notes = [problem for output in outputs for problem in output.problems(3 * settings.period)]
+    ok, reason = verdict(failed, notes)
     try:
         health.write(ok, reason)
     except OSError as exc:

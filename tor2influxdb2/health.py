@@ -79,18 +79,11 @@ class Watchdog:
                 LOG.error("watchdog: cannot write the health file: %s", exc)
 
 
-def verdict(failed: list[tuple[str, str]], waiting: int, oldest_age: float | None, limit: float,
-            delivery_error: str | None, config_problem: str | None = None,
-            notes: list[str] = ()) -> tuple[bool, str]:
-    """Healthy when every tor answered this cycle, no point has waited longer than `limit` s, the
-    InfluxDB configuration works, and nothing else is degraded. `failed` = [(name, why), ...]."""
+def verdict(failed: list[tuple[str, str]], notes: list[str] = ()) -> tuple[bool, str]:
+    """Healthy when every tor answered this cycle and no output reports a problem (points waiting
+    too long, an InfluxDB configuration problem, a degraded buffer). `failed` = [(name, why), ...]."""
     reasons = [f"host {name}: {why}" for name, why in failed[:5]]
     if len(failed) > 5:
         reasons.append(f"and {len(failed) - 5} more hosts")
-    if config_problem:
-        reasons.append(f"{waiting} points kept: {config_problem}")
-    elif waiting and oldest_age is not None and oldest_age > limit:
-        reasons.append(f"{waiting} points waiting for InfluxDB for {oldest_age:.0f} s"
-                       + (f" ({delivery_error})" if delivery_error else ""))
     reasons += list(notes)
     return (not reasons, "; ".join(reasons))

@@ -84,7 +84,7 @@ class Settings:
     service_tag: str = "tor"
     send_version_tag: bool = True
     verbose: bool = False
-    healthcheck_file: str = DEFAULT_HEALTHCHECK_FILE
+    healthcheck_file: str | None = DEFAULT_HEALTHCHECK_FILE
     buffer_dir: str | None = None
     buffer_max_points: int = DEFAULT_BUFFER_MAX_POINTS
     buffer_max_memory: int = DEFAULT_BUFFER_MAX_MEMORY
@@ -449,7 +449,8 @@ def _healthcheck_file(e: _Env) -> str:
 def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Redactor = REDACTOR) -> Settings:
     """Build Settings from environment variables, touching no network.
 
-    mode: "daemon" (needs TOR_HOSTS and InfluxDB), "test" (-t: TOR_HOSTS only).
+    mode: "daemon" (needs TOR_HOSTS and InfluxDB), "test" (-t: TOR_HOSTS only), "line-protocol"
+    (--line-protocol: TOR_HOSTS only; points on stdout).
     Raises ConfigError listing EVERY problem found."""
     e = _Env(env, redactor)
     token = e.secret("INFLUX_TOKEN", "INFLUX_TOKEN_FILE", "token", ascii_only=True)
@@ -489,6 +490,8 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     for name, value in (("INFLUX_ORGANIZATION", org), ("INFLUX_BUCKET", bucket)):
         if value and not value.isprintable():
             e.problem(f"{name}: contains a control character")
+    if mode == "line-protocol" and not e.get("HEALTHCHECK_FILE"):
+        healthcheck_file = None  # run by Telegraf & co as an ordinary user: no file unless asked for
     if mode == "daemon":
         if url is None and not any(p.startswith(("INFLUX_URL", "INFLUX_HOST")) for p in e.problems):
             e.missing("INFLUX_HOST", " (e.g. INFLUX_HOST=http://influxdb, or set INFLUX_URL)")

@@ -53,3 +53,18 @@ def as_other_user():
         return run_daemon({**env, "PYTHONPATH": os.pathsep.join(packages)}, *args, python="/usr/bin/python3",
                           user=65534, group=65534)
     return run
+
+
+@pytest.fixture
+def proxy_factory():
+    """Factory of peers.RecordingProxy (a recording proxy to a tor, or a silent/dribbling/hanging peer)."""
+    from peers import RecordingProxy
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(RecordingProxy(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()

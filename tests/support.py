@@ -164,17 +164,29 @@ class Tor:
         return self
 
     def ready(self) -> bool:
+        """tor answers on its control port (a freshly started tor accepts connections up to a second or
+        two before it answers them: a test must not count that against the daemon's timeout)."""
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"tor exited: {self.log_tail()}")
         if self.control == "unix":
             if not self.socket_path.exists():
                 return False
-            with socket.socket(socket.AF_UNIX) as s:
-                return s.connect_ex(str(self.socket_path)) == 0
-        ok = port_open(self.port, self.host)
-        if ok and self.auth == "cookie":
+            sock = socket.socket(socket.AF_UNIX)
+            address = str(self.socket_path)
+        else:
+            sock = socket.socket(socket.AF_INET6 if self.control == "tcp6" else socket.AF_INET)
+            address = (self.host, self.port)
+        with sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect(address)
+                sock.sendall(b"PROTOCOLINFO 1\r\n")
+                answered = sock.recv(64).startswith(b"250")
+            except OSError:
+                return False
+        if answered and self.auth == "cookie":
             return self.cookie_path.exists()
-        return ok
+        return answered
 
     def controller(self):
         """An authenticated stem Controller, for a test to ask tor what it reports."""

@@ -10,24 +10,10 @@ import time
 
 import pytest
 
-from peers import RecordingProxy
 from support import wait_for
 from tor2influxdb2.errors import Reason
 from tor2influxdb2.poller import Poller
 from tor2influxdb2.targets import TorHost, parse_tor_host
-
-
-@pytest.fixture
-def proxy_factory():
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(RecordingProxy(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def host_for(tor, name="t") -> TorHost:

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from fake_control import FakeControlPort
-from peers import RecordingProxy
 from tor2influxdb2.errors import Reason
 from tor2influxdb2.poller import Poller
 from tor2influxdb2.sinks.lineprotocol import LineEncoder
@@ -45,19 +44,6 @@ def poll_once(hosts, timeout=5, **kw):
 
 def fields(result) -> dict[str, dict]:
     return {s.measurement: dict(s.fields) for s in result.samples}
-
-
-@pytest.fixture
-def proxy_factory():
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(RecordingProxy(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 @pytest.mark.parametrize("auth, control, host", [

@@ -38,6 +38,7 @@ from ...errors import Failure, Reason, SourceError, os_failure
 from ...model import Sample, make_tags
 from ...redact import REDACTOR, clip
 from ...targets import TorHost
+from ..loopsession import LoopSession
 from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,
                          PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
@@ -67,7 +68,7 @@ class TagPolicy:
         return tags
 
 
-class ControlSession:
+class ControlSession(LoopSession):
     """The control connection of one tor (see the module's docstring).
 
     The loop calls :meth:`handle` when the socket is ready and :meth:`expire` when the deadline
@@ -106,10 +107,6 @@ class ControlSession:
         self._questions: tuple | None = None
 
     # ------------------------------------------------------------------ what the loop calls
-    @property
-    def busy(self) -> bool:
-        return self.on_done is not None
-
     @property
     def display(self) -> str:
         """The name to show: the entry's name once it cannot be a password any more."""
@@ -489,20 +486,8 @@ class ControlSession:
             return
         self._done(None, failure)
 
-    def _done(self, samples, failure) -> None:
-        callback, self.on_done = self.on_done, None
-        self.loop.unschedule(self)
-        if callback is not None:
-            callback(self, samples, failure)
-
     def _close_socket(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            self.loop.unwatch(self, sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self._drop_socket()
         self.reader = None
         self.out = b""
         self.pending.clear()

@@ -24,6 +24,7 @@ import socket
 import time
 from typing import Callable
 
+from ..loopsession import LoopSession
 from ... import __version__
 from ...errors import Failure, Reason, SourceError, os_failure
 from ...redact import clip
@@ -55,7 +56,7 @@ class _Received:
         return io.BytesIO(self.data)
 
 
-class MetricsSession:
+class MetricsSession(LoopSession):
     """Scrapes of one tor's MetricsPort (see the module's docstring). ``tags()`` gives the
     common tags, (key, value) pairs as model.make_tags makes them, at the end of each scrape.
     When a scrape ends, ``on_done(session, samples, failure)`` is called exactly once."""
@@ -85,10 +86,6 @@ class MetricsSession:
         self.time_ms = 0
 
     # ------------------------------------------------------------------ what the loop calls
-    @property
-    def busy(self) -> bool:
-        return self.on_done is not None
-
     def start(self, now: float, on_done: Callable) -> None:
         """Begin a scrape that must end by now + timeout."""
         self.on_done = on_done
@@ -293,18 +290,9 @@ class MetricsSession:
             self._done(None, failure)
 
     def _done(self, samples, failure) -> None:
-        callback, self.on_done = self.on_done, None
-        self.loop.unschedule(self)
         self.state = CLOSED
-        if callback is not None:
-            callback(self, samples, failure)
+        super()._done(samples, failure)
 
     def _close_socket(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            self.loop.unwatch(self, sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self._drop_socket()
         self.state = CLOSED

@@ -351,3 +351,23 @@ def test_a_second_daemon_on_the_same_buffer_dir_refuses_clearly(tmp_path, standi
     finally:
         assert first.stop() == 0
     assert r.returncode == 2 and "is in use by another tor2influxdb2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_daemons_own_figures(tmp_path, victoria, make_tor):
+    """METRIC_SETS=daemon: a point per tor and cycle (also when it fails), and one per cycle."""
+    tor = make_tor(auth="none")
+    env = daemon_env(tmp_path, victoria, f"{tor.entry('self-up')},127.0.0.1:1::self-down",
+                     METRIC_SETS="core,daemon", INFLUX_SERVICE_TAG="selfcheck")
+    daemon = Daemon(env).start()
+    try:
+        daemon.wait_for_line(r"cycle 3 done")
+    finally:
+        assert daemon.stop() == 0
+    up = wait_for(lambda: len(s := victoria.samples("tor2influxdb2_up", host="self-up")) >= 3 and s, 10, what="up")
+    down = victoria.samples("tor2influxdb2_up", host="self-down")
+    assert {v for _, v in up} == {1} and down and {v for _, v in down} == {0}
+    assert [v for _, v in victoria.samples("tor2influxdb2_failures", host="self-down")][:3] == [1, 2, 3]
+    cycles = wait_for(lambda: len(s := victoria.samples("tor2influxdb2_cycle_tors_ok", service="selfcheck")) >= 3
+                      and s, 10, what="cycle points")
+    assert {v for _, v in cycles} == {1}
+    assert {v for _, v in victoria.samples("tor2influxdb2_cycle_tors", service="selfcheck")} == {2}

@@ -109,7 +109,7 @@ def test_test_mode_needs_only_tor_hosts():
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("core", ("core",)), ("all", ("core", "status", "relay", "accounting", "guards", "bandwidth")),
+    ("core", ("core",)), ("all", ("core", "status", "relay", "accounting", "guards", "bandwidth", "daemon")),
     ("status, Relay ,core", ("core", "status", "relay")), ("bandwidth,", ("bandwidth",)),
 ])
 def test_metric_sets(value, expected):
@@ -119,7 +119,7 @@ def test_metric_sets(value, expected):
 def test_bad_metric_set_lists_the_valid_ones():
     [problem] = problems_of({**INFLUX, "TOR_HOSTS": "h:1:n", "METRIC_SETS": "core,peaks"})
     assert problem == ("METRIC_SETS: 'peaks' is not a metric set; the sets are core, status, relay, accounting, "
-                       "guards, bandwidth (or all)")
+                       "guards, bandwidth, daemon (or all)")
 
 
 # ------------------------------------------------------------------------ bad configurations

@@ -26,6 +26,8 @@ from .sinks.influx import Delivery, InfluxWriter
 from .sinks.lineprotocol import LineEncoder
 from .sinks.report import report
 from .sources.control.metricsets import SCHEMA as CONTROL_SCHEMA
+from .model import FieldSpec, MeasurementSpec, Sample, make_tags
+from .sources.control.metricsets import SET_NAMES as CONTROL_SETS
 from .sources.control.metricsets import Plan
 from .sources.control.session import TagPolicy
 
@@ -65,7 +67,8 @@ def make_poller(settings: Settings) -> Poller:
         for name, address in settings.metrics_ports.items():
             metrics[name] = (lambda loop, tags, a=address: MetricsSession(a, families, settings.onion_label,
                                                                           settings.tor_timeout, loop, tags))
-    return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, Plan(settings.metric_sets),
+    plan = Plan(tuple(s for s in settings.metric_sets if s in CONTROL_SETS))
+    return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, plan,
                   TagPolicy(settings.service_tag, settings.send_version_tag), metrics)
 
 
@@ -73,7 +76,48 @@ def schema() -> dict:
     """Every measurement the daemon can write, for --schema."""
     from .sources.metricsport import SCHEMA as METRICSPORT_SCHEMA
     return {"tor2influxdb2": __version__, "precision": "ms",
-            "measurements": [spec.as_json() for spec in CONTROL_SCHEMA + tuple(METRICSPORT_SCHEMA)]}
+            "measurements": [spec.as_json() for spec in CONTROL_SCHEMA + DAEMON_SCHEMA + tuple(METRICSPORT_SCHEMA)]}
+
+
+# ------------------------------------------------------------------ the daemon's own figures (METRIC_SETS=daemon)
+
+DAEMON_SCHEMA = (
+    MeasurementSpec("tor2influxdb2", "daemon", "daemon", (
+        FieldSpec("up", "integer", "the poll of this cycle", "", "1 when the control port answered, else 0"),
+        FieldSpec("metricsport_up", "integer", "the scrape of this cycle", "",
+                  "1 when the MetricsPort answered, else 0 (only for tors with TOR_METRICS_PORTS)"),
+        FieldSpec("failures", "integer", "the poller", "", "failed polls in a row")),
+        ("host", "service"), description="one point per tor and cycle, also when its poll failed"),
+    MeasurementSpec("tor2influxdb2_cycle", "daemon", "daemon", (
+        FieldSpec("seconds", "float", "the daemon", "s", "how long the cycle took"),
+        FieldSpec("tors", "integer", "the daemon", "", "tors this replica polls"),
+        FieldSpec("tors_ok", "integer", "the daemon", "", "tors whose control port answered"),
+        FieldSpec("points", "integer", "the daemon", "", "points of the cycle"),
+        FieldSpec("waiting", "integer", "the daemon", "", "points of earlier cycles not yet delivered"),
+        FieldSpec("skipped_ticks", "integer", "the daemon", "", "periods skipped since start: cycles that overran")),
+        ("service", "shard"), description="one point per cycle"),
+)
+
+
+def daemon_samples(settings: Settings, results: list[PollResult], poller: Poller, seconds: float, points: int,
+                   waiting: int, skipped: int) -> list[Sample]:
+    now_ms = time.time_ns() // 1_000_000
+    service = {"service": settings.service_tag} if settings.service_tag else {}
+    out = []
+    for result, target in zip(results, poller.targets):
+        if not target.control.confirmed:  # its name may be a password typed without its name
+            continue
+        fields = {"up": int(result.ok), "failures": target.c.failures}
+        if result.has_metrics:
+            fields["metricsport_up"] = int(result.metrics_failure is None)
+        out.append(Sample("tor2influxdb2", make_tags({"host": result.host.name, **service}), fields, now_ms))
+    tags = dict(service)
+    if settings.shard is not None:
+        tags["shard"] = f"{settings.shard[0]}/{settings.shard[1]}"
+    out.append(Sample("tor2influxdb2_cycle", make_tags(tags), {
+        "seconds": round(seconds, 6), "tors": len(results), "tors_ok": sum(r.ok for r in results),
+        "points": points, "waiting": waiting, "skipped_ticks": skipped}, now_ms))
+    return out
 
 
 def print_schema(out: TextIO) -> int:
@@ -157,6 +201,9 @@ class InfluxOutput:
         self.buffer.check()
         return backlog
 
+    def backlog(self) -> int:
+        return len(self.buffer)
+
     def problems(self, limit: float) -> list[str]:
         waiting, age = self.delivery.waiting()
         problem = self.delivery.config_problem
@@ -192,6 +239,9 @@ class StdoutOutput:
         if lines:
             self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()  # BrokenPipeError when the reader went away: the daemon stops
+        return 0
+
+    def backlog(self) -> int:
         return 0
 
     def problems(self, limit: float) -> list[str]:
@@ -248,6 +298,12 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             if stop.is_set() and not any(r.samples for r in results):
                 break
             lines, stamps = collect_lines(results, encoder)
+            if "daemon" in settings.metric_sets:
+                waiting = sum(output.backlog() for output in outputs)
+                own = daemon_samples(settings, results, poller, time.monotonic() - started, len(lines), waiting,
+                                     schedule.skipped)
+                more, more_stamps = collect_lines([PollResult(None, "", own)], encoder)
+                lines, stamps = lines + more, stamps + more_stamps
             backlog = 0
             for output in outputs:
                 backlog += output.submit(lines, stamps)

@@ -19,7 +19,11 @@ from typing import Mapping
 from .errors import ConfigError
 from .redact import REDACTOR, Redactor
 from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts, shard
-from .sources.control.metricsets import DEFAULT_SETS, SET_NAMES
+from .sources.control.metricsets import DEFAULT_SETS
+from .sources.control.metricsets import SET_NAMES as CONTROL_SETS
+
+#: The control port's sets, and the daemon's own figures (written by the daemon, not asked of a tor).
+SET_NAMES = CONTROL_SETS + ("daemon",)
 
 DEFAULT_PERIOD = 10
 DEFAULT_TOR_TIMEOUT = 5.0

@@ -78,11 +78,14 @@ def metricsport_series(text: str | None = None) -> list[tuple[str, str, dict[str
 
 
 def metricsport_samples(host: str, service: str = "tor", version: str = "0.4.9.11", cycle: int = 0,
-                        time_ms: int = 1_700_000_000_000) -> list[Sample]:
+                        time_ms: int = 1_700_000_000_000, as_served: bool = False) -> list[Sample]:
+    """The page's series as samples; values shifted per host and cycle unless `as_served`."""
     base = {"host": host, "service": service, "version": version}
     out = []
     for index, (name, typ, labels, value) in enumerate(metricsport_series()):
-        value = int(value) + cycle * (index + 1) + _digest(host, name, sorted(labels.items())) % 1000
+        value = int(value)
+        if not as_served:
+            value += cycle * (index + 1) + _digest(host, name, sorted(labels.items())) % 1000
         out.append(Sample(name, make_tags({**labels, **base}), {typ: value}, time_ms))
     return out
 

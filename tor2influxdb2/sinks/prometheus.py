@@ -25,7 +25,7 @@ of ``tor_version`` only):
 The text format (0.0.4, what tor's MetricsPort and prometheus_client serve) is written here, not by
 prometheus_client's encoder: at 1,000 tors that encoder takes seconds per cycle, this writer keeps
 each series' ``name{labels}`` text from one cycle to the next and only formats values
-(tests/test_prometheus.py checks the two agree through prometheus_client's parser). update() only
+(tests/test_prometheus.py reads it with prometheus_client's parser and a real Prometheus). update() only
 stores the cycle; the first scrape after it writes the text (and its gzip when asked), kept until
 the next. bcrypt is imported only when the auth file holds a hash.
 
@@ -128,13 +128,13 @@ def parse_listen(value: str) -> tuple[tuple[str, int] | None, str | None]:
         host, sep, port_text = raw[1:].partition("]:")
         if not sep:
             return None, f"PROMETHEUS_LISTEN: {shown} is not [IPv6 address]:port{example}"
+    elif raw.count(":") > 1:
+        return None, f"PROMETHEUS_LISTEN: {shown}: write an IPv6 address in brackets, like [::1]:9099"
     elif raw.startswith(":"):
         return None, (f"PROMETHEUS_LISTEN: {shown} has no address: write 0.0.0.0{raw} to listen on every "
                       f"IPv4 interface, or 127.0.0.1{raw} for this host only")
     elif raw.count(":") == 1:
         host, _, port_text = raw.partition(":")
-    elif raw.count(":") > 1:
-        return None, f"PROMETHEUS_LISTEN: {shown}: write an IPv6 address in brackets, like [::1]:9099"
     else:
         return None, f"PROMETHEUS_LISTEN: {shown} has no port{example}"
     if host.lower() == "localhost":
@@ -162,7 +162,9 @@ def parse_basic_auth(text: str, where: str = "PROMETHEUS_BASIC_AUTH_FILE",
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, password = line.partition(":")
-        redactor.add(password)
+        # what may be a password is masked before anything is looked at: a line without ":" may be one
+        # pasted alone, and one with a stray space may be one all the same
+        redactor.add(password, password.strip(), line if not sep else None)
         at = f"{where}: line {number}"
         if not sep:
             problems.append(f"{at} is not user:password")
@@ -797,6 +799,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except ValueError:
             short = "Error"
         self.close_connection = True
+        self.request_version = "HTTP/1.0"  # a status line even when the request line was unreadable
         self.log_error("code %d", code)
         data = f"{code} {short}\n".encode("ascii")
         self.send_response(code, short)

@@ -359,6 +359,50 @@ def test_update_only_stores_and_one_scrape_renders(sink_factory):
     assert sink.exposition() is not first
 
 
+def test_a_tor_back_after_a_cycle_down_shows_all_its_series():
+    renderer = prom.Renderer()
+    up = pi.status("a", metricsport=True)
+    full = renderer.render([up], {}, 1.0, True)
+    assert only_tor(parse(renderer.render([pi.status("a", up=False, metricsport=True)], {}, 1.0, True))) == {}
+    assert renderer.render([up], {}, 1.0, True) == full
+
+
+def test_what_is_kept_between_cycles_stays_bounded():
+    renderer = prom.Renderer()
+    sizes = []
+    for cycle in range(12):  # every cycle a new version tag: every series' label text is new
+        statuses = [TorStatus(f"t{i}", "tor", True, 1.0, tuple(
+            Sample(s.measurement, make_tags({**dict(s.tags), "version": f"0.4.{cycle}"}), s.fields, s.time_ms)
+            for s in pi.control_samples(f"t{i}")), sources={"control-port": True}) for i in range(100)]
+        text = renderer.render(statuses, {}, 1.0, True)
+        sizes.append(len(renderer._plans))
+        assert f'version="0.4.{cycle}"' in text and f'version="0.4.{cycle - 1}"' not in text
+    per_cycle = sizes[0]
+    assert max(sizes) <= 2.5 * per_cycle + 1000
+
+
+def test_metricsport_family_conflicts(caplog):
+    renderer = prom.Renderer()
+
+    def status(*samples):
+        return [TorStatus("a", "", True, 1.0, samples, sources={"metricsport": True})]
+
+    tags = make_tags({"host": "a"})
+    gauge, counter = Sample("tor_x_total", tags, {"gauge": 3}, 0), Sample("tor_x_total", tags, {"counter": 4}, 0)
+    assert types(renderer.render(status(gauge), {}, 1.0, True))["tor_x_total"] == "gauge"
+    text = renderer.render(status(counter), {}, 1.0, True)  # a newer tor types it otherwise: shown so
+    assert types(text)["tor_x_total"] == "counter" and parse(text)[("tor_x_total", frozenset({("host", "a")}))] == 4
+    others = [Sample("tor_x_total", make_tags({"host": "a", "k": v}), {"gauge": 5}, 0) for v in "vw"]
+    text = renderer.render(status(counter, *others), {}, 1.0, True)  # both at once: the type with more series
+    assert types(text)["tor_x_total"] == "gauge"
+    assert {k for k in parse(text) if k[0] == "tor_x_total"} == {
+        ("tor_x_total", frozenset({("host", "a"), ("k", v)})) for v in "vw"}
+    assert "'tor_x_total' comes as gauge and as counter: only the type with more series is shown" in caplog.text
+    # a MetricsPort family may not take a control-port series' name
+    text = renderer.render(status(Sample("tor_uptime", tags, {"gauge": 1}, 0)), {}, 1.0, True)
+    assert "tor_uptime" not in text and "'tor_uptime' not shown" in caplog.text
+
+
 # ------------------------------------------------------------------------------ configuration
 
 @pytest.mark.parametrize("value,expected", [
@@ -659,3 +703,98 @@ def test_a_real_prometheus_scrapes_what_is_served(sink_factory, auth_sink, certs
         print(f"Prometheus {PROMETHEUS}: both targets scraped and queryable {took:.1f} s after start")
     finally:
         stop_process(proc)
+
+
+class SocksStandIn:
+    """A SOCKS5 proxy on 127.0.0.1 standing in for tor's SocksPort (a tor with DisableNetwork 1 reaches
+    no onion service): it records the address each CONNECT names and connects every one to `port`."""
+
+    def __init__(self, port: int):
+        import threading
+        self.port, self.asked = port, []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = self.server.getsockname()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(client,), daemon=True).start()
+
+    def _one(self, client: socket.socket):
+        import threading
+        with client:
+            client.settimeout(10)
+            greeting = client.recv(2)
+            client.recv(greeting[1])
+            client.sendall(b"\x05\x00")  # no authentication
+            head = client.recv(4)
+            if head[3] == 3:  # a domain name: what tor needs to reach an .onion
+                name = client.recv(client.recv(1)[0]).decode()
+            else:
+                name = socket.inet_ntop(socket.AF_INET if head[3] == 1 else socket.AF_INET6,
+                                        client.recv(4 if head[3] == 1 else 16))
+            port = int.from_bytes(client.recv(2), "big")
+            self.asked.append((head[3], name, port))
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            client.sendall(b"\x05\x00\x00\x01" + bytes(4) + bytes(2))
+            client.settimeout(None)
+
+            def pump(a, b):
+                try:
+                    while data := a.recv(65536):
+                        b.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    for s in (a, b):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+            other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            other.start()
+            pump(client, upstream)
+            other.join(10)
+            upstream.close()
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
+def test_prometheus_reaches_an_onion_name_through_a_socks5_proxy_url(auth_sink, tmp_path):
+    """What the README's onion recipe relies on: with proxy_url socks5://, Prometheus hands the .onion
+    name to the proxy unresolved (SOCKS5 domain address), as tor's SocksPort needs."""
+    sink, passwords = auth_sink
+    onion = base64.b32encode(secrets.token_bytes(35)).decode().lower() + ".onion"
+    socks = SocksStandIn(sink.port)
+    port = free_port()
+    (tmp_path / "alice.pw").write_text(passwords["alice"])
+    (tmp_path / "prometheus.yml").write_text(textwrap.dedent(f"""
+        global: {{scrape_interval: 1s, scrape_timeout: 1s}}
+        scrape_configs:
+          - job_name: onion
+            proxy_url: socks5://127.0.0.1:{socks.address[1]}
+            static_configs: [{{targets: ["{onion}:9099"]}}]
+            basic_auth: {{username: alice, password_file: {tmp_path / "alice.pw"}}}
+    """))
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+    try:
+        wait_for(lambda: prom_query(port, "up == 1"), 30, 0.2, what="the onion target up in Prometheus")
+        assert (3, onion, 9099) in socks.asked and all(a == (3, onion, 9099) for a in socks.asked)
+        served = parse(get(sink.port, auth=("alice", passwords["alice"]))[2].decode())
+        (series,) = prom_query(port, "tor_read_bytes")
+        assert series["metric"]["instance"] == f"{onion}:9099"
+        assert float(series["value"][1]) == served[("tor_read_bytes", frozenset({("host", "relay-a"),
+                                                                                ("service", "tor")}))]
+    finally:
+        stop_process(proc)
+        socks.close()

@@ -428,18 +428,22 @@ class Renderer:
 
     What it derives from a sample's measurement and tag set (the series' ``name{labels} `` text,
     its family) is kept from one render to the next, so a cycle costs little more than formatting
-    values; only what the last render used is kept. Not thread-safe: the sink renders under a lock."""
+    values; once a third of what is kept is no longer used, all is dropped and made anew. Not
+    thread-safe: the sink renders under a lock."""
 
     def __init__(self, redactor: Redactor = REDACTOR):
         self.redactor = redactor
         self._plans: dict = {}
+        self._gen = 0
         self._pattern = None
         self._warned: set[str] = set()
-        fixed: dict[str, _Family] = {}
+        fixed: dict[tuple[str, str], _Family] = {}
         for target in (*TAG_INFO.values(), *CONTROL.values(), *LIMITS.values()):
-            fixed.setdefault(target.name, _Family(target.name, "gauge", target.help))
-        self._fixed = tuple(fixed)
-        self._fams = fixed  # every family, by name; MetricsPort ones come and go
+            fixed.setdefault((target.name, "gauge"), _Family(target.name, "gauge", target.help))
+        self._fixed = frozenset(fixed)
+        #: every family, by (name, type): a MetricsPort family may come as two types at once (tors of
+        #: two versions); the one with more series is shown
+        self._fams = fixed
         self._health = {name: _Family(name, "gauge", HEALTH_HELP[name]) for name in
                         ("tor2influxdb2_up", "tor2influxdb2_source_up", "tor2influxdb2_last_poll_timestamp_seconds")}
 
@@ -452,7 +456,8 @@ class Renderer:
         pattern = getattr(self.redactor, "_pattern", None)
         if pattern is not self._pattern:  # a secret was registered since: nothing derived before is kept
             self._plans, self._pattern = {}, pattern
-        plans, used = self._plans, {}
+        self._gen += 1
+        plans, gen, touched = self._plans, self._gen, 0
         for fam in (*self._fams.values(), *self._health.values()):
             fam.lines = []
         seen: set[str] = set()
@@ -461,8 +466,11 @@ class Renderer:
         last_lines = self._health["tor2influxdb2_last_poll_timestamp_seconds"].lines
         for status in statuses:
             tor = (status.name, status.service)
-            base = plans.get(tor) or self._base(status)
-            used[tor] = base
+            base = plans.get(tor)
+            if base is None:
+                base = plans[tor] = self._base(status)
+            base["gen"] = gen
+            touched += 1 + len(status.samples)
             labels = base["labels"]
             up = bool(status.up and fresh)
             up_lines.append(base["up"] + ("1\n" if up else "0\n"))
@@ -480,31 +488,36 @@ class Renderer:
                 key = (tor, sample.measurement, sample.tags)
                 entry = plans.get(key)
                 if entry is None:
-                    entry = self._entry(sample, labels)
-                used[key] = entry
+                    entry = plans[key] = self._entry(sample, labels)
+                entry[3] = gen
                 fields = sample.fields
                 if entry[0] is not None:  # a MetricsPort counter or gauge: the hot path
-                    fam, field, prefix = entry
+                    fam, field, prefix, _ = entry
                     value = fields.get(field)
-                    if value is None and field not in fields:
-                        entry = used[key] = self._entry(sample, labels)
+                    if value is None:  # the field changed (a tor that types the family otherwise now)
+                        entry = plans[key] = self._entry(sample, labels)
+                        entry[3] = gen
                         if entry[0] is None:
                             entry[1](self, sample, entry, labels, seen)
-                        continue
+                            continue
+                        fam, field, prefix, _ = entry
+                        value = fields[field]
                     text = _value(value)
                     if text is not None and prefix not in seen:
                         seen.add(prefix)
                         fam.lines.append(prefix + text + "\n")
                 else:
                     entry[1](self, sample, entry, labels, seen)
-        self._plans = used
+        if len(plans) > touched * 1.5 + 1000:  # a third is no longer used: start afresh next cycle
+            self._plans = {}
+            self._fams = {k: f for k, f in self._fams.items() if f.lines or k in self._fixed}
         own = list(self._health.values())
         if updated is not None:
             fam = _Family("tor2influxdb2_last_update_timestamp_seconds", "gauge",
                           HEALTH_HELP["tor2influxdb2_last_update_timestamp_seconds"])
             fam.lines.append(f"{fam.name} {_value(float(updated))}\n")
             own.append(fam)
-        taken = {f.name for f in own} | set(self._fams)
+        taken = {f.name for f in own} | {name for name, _ in self._fams}
         for key, raw in daemon.items():
             name, value = f"tor2influxdb2_{key}", None if isinstance(raw, str) else _value(raw)
             if value is None or not METRIC_NAME_RE.match(name) or name in taken:
@@ -512,10 +525,16 @@ class Renderer:
             fam = _Family(name, "gauge", HEALTH_HELP.get(name, f"The daemon's {key}"))
             fam.lines.append(f"{name} {value}\n")
             own.append(fam)
-        text = "".join(f.text() for f in (*self._fams.values(), *own) if f.lines)
-        # families nothing wrote this cycle are forgotten (a MetricsPort family may change its type)
-        self._fams = {name: f for name, f in self._fams.items() if f.lines or name in self._fixed}
-        return text
+        chosen: dict[str, _Family] = {}
+        for (name, typ), fam in self._fams.items():
+            if fam.lines:
+                other = chosen.get(name)
+                if other is not None:
+                    self._warn("type:" + name, f"family {name!r} comes as {other.type} and as {typ}: only the "
+                               "type with more series is shown")
+                if other is None or len(fam.lines) > len(other.lines):
+                    chosen[name] = fam
+        return "".join(f.text() for f in (*chosen.values(), *own))
 
     def _base(self, status: TorStatus) -> dict:
         labels = {"host": self.redactor.mask(status.name)}
@@ -524,14 +543,10 @@ class Renderer:
         return {"labels": labels, "up": _prefix("tor2influxdb2_up", labels), "sources": {},
                 "last": _prefix("tor2influxdb2_last_poll_timestamp_seconds", labels)}
 
-    def _family(self, name: str, typ: str, help_: str) -> _Family | None:
-        fam = self._fams.get(name)
+    def _family(self, name: str, typ: str, help_: str) -> _Family:
+        fam = self._fams.get((name, typ))
         if fam is None:
-            fam = self._fams[name] = _Family(name, typ, help_)
-        if fam.type != typ:
-            self._warn("type:" + name, f"family {name!r} comes as {fam.type} and as {typ}: "
-                       f"only its {fam.type} samples are shown")
-            return None
+            fam = self._fams[(name, typ)] = _Family(name, typ, help_)
         return fam
 
     def _entry(self, sample: Sample, labels: dict) -> tuple:
@@ -539,27 +554,23 @@ class Renderer:
         MetricsPort counter or gauge, else (None, writer, state)."""
         name, fields = sample.measurement, sample.fields
         if not name.startswith("tor_"):
-            return None, Renderer._control, self._control_plan(sample, labels)
+            return [None, Renderer._control, self._control_plan(sample, labels), 0]
         if name in RESERVED or not METRIC_NAME_RE.match(name):
             self._warn("name:" + name, f"MetricsPort family {name!r} not shown: "
                        + ("a control-port series has that name" if name in RESERVED else "not a metric name"))
-            return None, Renderer._nothing, None
+            return [None, Renderer._nothing, None, 0]
         if "counter" in fields or "gauge" in fields:
             field = "gauge" if "gauge" in fields else "counter"
             # a counter whose name lacks _total is served untyped: prometheus_client (and what parses
             # with it) reads a counter's samples as <name>_total, which would rename tor's series
             typ = "gauge" if field == "gauge" else ("counter" if name.endswith("_total") else "untyped")
             fam = self._family(name, typ, f"tor MetricsPort {field} {name}")
-            if fam is None:
-                return None, Renderer._nothing, None
-            return fam, field, _prefix(name, self._mp_labels(sample, labels))
+            return [fam, field, _prefix(name, self._mp_labels(sample, labels)), 0]
         if "count" in fields and "sum" in fields:
             fam = self._family(name, "histogram", f"tor MetricsPort histogram {name}")
-            if fam is None:
-                return None, Renderer._nothing, None
-            return None, Renderer._histogram, (fam, self._histogram_plan(sample, labels))
+            return [None, Renderer._histogram, (fam, self._histogram_plan(sample, labels)), 0]
         self._warn("fields:" + name, f"MetricsPort family {name!r} not shown: neither counter, gauge nor histogram")
-        return None, Renderer._nothing, None
+        return [None, Renderer._nothing, None, 0]
 
     def _nothing(self, sample, entry, labels, seen) -> None:
         pass
@@ -570,7 +581,7 @@ class Renderer:
         for tag, value in sample.tags:
             target = TAG_INFO.get(tag)
             if target is not None:
-                info.append((self._fams[target.name], _prefix(target.name, {**labels, tag: self.redactor.mask(value)})))
+                info.append((self._fams[(target.name, "gauge")], _prefix(target.name, {**labels, tag: self.redactor.mask(value)})))
         return tuple(info), {}
 
     def _control(self, sample: Sample, entry, labels: dict, seen) -> None:
@@ -613,19 +624,16 @@ class Renderer:
                     prefix = fields_plan[target.name] = _prefix(target.name, labels)
                 if total is not None and prefix not in seen:
                     seen.add(prefix)
-                    self._fams[target.name].lines.append(prefix + total + "\n")
+                    self._fams[(target.name, "gauge")].lines.append(prefix + total + "\n")
 
     def _control_field(self, sample: Sample, field: str, labels: dict):
         key = (sample.measurement, field)
         if key in STRING_LABELS:
-            return self._fams[CONTROL[key].name], None
+            return self._fams[(CONTROL[key].name, "gauge")], None
         target = CONTROL.get(key) or self._fallback(sample, field)
         if target is None:
             return _SKIP
-        fam = self._family(target.name, "gauge", target.help)
-        if fam is None:
-            return _SKIP
-        return fam, _prefix(target.name, {**labels, **dict(target.labels)})
+        return self._family(target.name, "gauge", target.help), _prefix(target.name, {**labels, **dict(target.labels)})
 
     def _fallback(self, sample: Sample, field: str) -> Target | None:
         """A field no table names (a newer source): tor_<measurement>_<field>, its other tags as labels."""
@@ -658,7 +666,11 @@ class Renderer:
         fam, plan = entry[2]
         fields = sample.fields
         if len(plan) != len(fields) or any(f not in fields for f, _ in plan):  # its buckets changed
-            fam, plan = self._entry(sample, labels)[2]
+            fresh = self._entry(sample, labels)
+            if fresh[2] is None:
+                return
+            entry[2] = fresh[2]
+            fam, plan = fresh[2]
         lines = []
         for field, prefix in plan:
             text = _value(fields[field])

@@ -434,7 +434,6 @@ class Renderer:
     def __init__(self, redactor: Redactor = REDACTOR):
         self.redactor = redactor
         self._plans: dict = {}
-        self._gen = 0
         self._pattern = None
         self._warned: set[str] = set()
         fixed: dict[tuple[str, str], _Family] = {}
@@ -456,8 +455,7 @@ class Renderer:
         pattern = getattr(self.redactor, "_pattern", None)
         if pattern is not self._pattern:  # a secret was registered since: nothing derived before is kept
             self._plans, self._pattern = {}, pattern
-        self._gen += 1
-        plans, gen, touched = self._plans, self._gen, 0
+        plans, touched = self._plans, 0
         for fam in (*self._fams.values(), *self._health.values()):
             fam.lines = []
         seen: set[str] = set()
@@ -469,7 +467,6 @@ class Renderer:
             base = plans.get(tor)
             if base is None:
                 base = plans[tor] = self._base(status)
-            base["gen"] = gen
             touched += 1 + len(status.samples)
             labels = base["labels"]
             up = bool(status.up and fresh)
@@ -489,18 +486,16 @@ class Renderer:
                 entry = plans.get(key)
                 if entry is None:
                     entry = plans[key] = self._entry(sample, labels)
-                entry[3] = gen
                 fields = sample.fields
                 if entry[0] is not None:  # a MetricsPort counter or gauge: the hot path
-                    fam, field, prefix, _ = entry
+                    fam, field, prefix = entry
                     value = fields.get(field)
                     if value is None:  # the field changed (a tor that types the family otherwise now)
                         entry = plans[key] = self._entry(sample, labels)
-                        entry[3] = gen
                         if entry[0] is None:
                             entry[1](self, sample, entry, labels, seen)
                             continue
-                        fam, field, prefix, _ = entry
+                        fam, field, prefix = entry
                         value = fields[field]
                     text = _value(value)
                     if text is not None and prefix not in seen:
@@ -554,23 +549,23 @@ class Renderer:
         MetricsPort counter or gauge, else (None, writer, state)."""
         name, fields = sample.measurement, sample.fields
         if not name.startswith("tor_"):
-            return [None, Renderer._control, self._control_plan(sample, labels), 0]
+            return [None, Renderer._control, self._control_plan(sample, labels)]
         if name in RESERVED or not METRIC_NAME_RE.match(name):
             self._warn("name:" + name, f"MetricsPort family {name!r} not shown: "
                        + ("a control-port series has that name" if name in RESERVED else "not a metric name"))
-            return [None, Renderer._nothing, None, 0]
+            return [None, Renderer._nothing, None]
         if "counter" in fields or "gauge" in fields:
             field = "gauge" if "gauge" in fields else "counter"
             # a counter whose name lacks _total is served untyped: prometheus_client (and what parses
             # with it) reads a counter's samples as <name>_total, which would rename tor's series
             typ = "gauge" if field == "gauge" else ("counter" if name.endswith("_total") else "untyped")
             fam = self._family(name, typ, f"tor MetricsPort {field} {name}")
-            return [fam, field, _prefix(name, self._mp_labels(sample, labels)), 0]
+            return [fam, field, _prefix(name, self._mp_labels(sample, labels))]
         if "count" in fields and "sum" in fields:
             fam = self._family(name, "histogram", f"tor MetricsPort histogram {name}")
-            return [None, Renderer._histogram, (fam, self._histogram_plan(sample, labels)), 0]
+            return [None, Renderer._histogram, (fam, self._histogram_plan(sample, labels))]
         self._warn("fields:" + name, f"MetricsPort family {name!r} not shown: neither counter, gauge nor histogram")
-        return [None, Renderer._nothing, None, 0]
+        return [None, Renderer._nothing, None]
 
     def _nothing(self, sample, entry, labels, seen) -> None:
         pass

@@ -15,7 +15,7 @@ import time
 from typing import Callable, TextIO
 
 from . import __version__
-from .errors import BufferLocked
+from .errors import BufferLocked, ConfigError
 from .files import UnsafePath
 from .health import HealthFile, Watchdog, verdict
 from .poller import Poller, PollResult
@@ -254,6 +254,46 @@ class StdoutOutput:
             pass
 
 
+class PrometheusOutput:
+    """PROMETHEUS_LISTEN: /metrics from the latest samples of every tor; a tor whose poll failed is down."""
+
+    def __init__(self, settings: Settings):
+        from .sinks.prometheus import PrometheusSink
+        self.sink = PrometheusSink(settings.prometheus, stale_after=3 * settings.period)
+        self.service = settings.service_tag
+        self.last_success: dict[str, float] = {}
+        self.describe = f"Prometheus on {settings.prometheus.display}"
+
+    def start(self) -> None:
+        self.sink.start()  # ConfigError when it cannot listen
+
+    def cycle(self, results: list[PollResult], daemon: dict) -> None:
+        from .model import TorStatus
+        now = time.time()
+        statuses = []
+        for result in results:
+            if result.ok:
+                self.last_success[result.name] = now
+            sources = {"control-port": result.ok}
+            if result.has_metrics:
+                sources["metricsport"] = result.metrics_failure is None
+            statuses.append(TorStatus(result.name, self.service, result.ok, self.last_success.get(result.name),
+                                      tuple(result.samples) if result.ok else (), result.error, sources))
+        self.sink.update(statuses, daemon)
+
+    def submit(self, lines, stamps) -> int:
+        return 0
+
+    def backlog(self) -> int:
+        return 0
+
+    def problems(self, limit: float) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None, out: TextIO | None = None) -> int:
     """The daemon: poll, hand the points to the outputs, report health, every period, until `stop`."""
     health = None
@@ -273,6 +313,8 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             outputs.append(StdoutOutput(out or sys.stdout))
         elif settings.influx_url:
             outputs.append(InfluxOutput(settings, stop))
+        if settings.prometheus is not None:
+            outputs.append(PrometheusOutput(settings))
     except (BufferLocked, UnsafePath) as exc:
         LOG.error("%s", exc)
         if health is not None:
@@ -283,8 +325,16 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
     encoder = LineEncoder()
     watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
     schedule = Schedule(settings.period)
-    for output in outputs:
-        output.start()
+    try:
+        for output in outputs:
+            output.start()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            LOG.error("%s", problem)
+        poller.close()
+        for output in outputs:
+            output.close()
+        return 2
     if watchdog is not None:
         watchdog.start()
     LOG.info("polling %d tor(s) every %d s (metric sets: %s), writing to %s", len(settings.tor_hosts),
@@ -307,6 +357,12 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             backlog = 0
             for output in outputs:
                 backlog += output.submit(lines, stamps)
+            figures = {"cycle_seconds": round(time.monotonic() - started, 6)}
+            if any(isinstance(o, InfluxOutput) for o in outputs):
+                figures["buffer_points"] = sum(o.backlog() for o in outputs)
+            for output in outputs:
+                if isinstance(output, PrometheusOutput):
+                    output.cycle(results, figures)
             if health is not None:
                 write_health(health, settings, results, outputs)
                 watchdog.cycle_finished()

@@ -59,8 +59,9 @@ KNOWN = (
     "TOR_METRICS_PORTS", "TOR_METRICS_PORTS_FILE", "METRICSPORT_FAMILIES", "ONION_LABEL",
     "INFLUX_CONNECT_TIMEOUT", "INFLUX_PROXY", "INFLUX_PROXY_FILE", "INFLUX_CA_CERT", "INFLUX_CLIENT_CERT",
     "INFLUX_CLIENT_KEY", "INFLUX_CLIENT_KEY_PASSWORD_FILE", "INFLUX_TLS_VERIFY",
+    "PROMETHEUS_LISTEN", "PROMETHEUS_BASIC_AUTH_FILE", "PROMETHEUS_TLS_CERT", "PROMETHEUS_TLS_KEY",
 )
-PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD", "ONION")
+PREFIXES = ("TOR_", "INFLUX", "BUFFER_", "HEALTHCHECK", "RUN_EVERY", "METRIC", "VERBOSE", "SHARD", "ONION", "PROMETHEUS")
 MAX_SHARDS = 10_000
 #: Names people type for a variable that has another name here.
 ALIASES = {"INFLUX_ORG": "INFLUX_ORGANIZATION", "INFLUXDB_ORG": "INFLUX_ORGANIZATION",
@@ -96,6 +97,7 @@ class Settings:
     metrics_ports: dict = dataclasses.field(default_factory=dict)  # TOR_HOSTS name -> MetricsAddress
     metricsport_families: object = None  # a metricsport FamilySelection (None: the default)
     onion_label: str = "hash"
+    prometheus: object = None  # a sinks.prometheus.PrometheusConfig when PROMETHEUS_LISTEN is set
     shard: tuple[int, int] | None = None  # (index, count): this replica polls only its share
     all_tor_hosts: tuple[TorHost, ...] = ()  # every entry of TOR_HOSTS, also those of other replicas
     warnings: tuple[str, ...] = ()
@@ -494,9 +496,22 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
     for name, value in (("INFLUX_ORGANIZATION", org), ("INFLUX_BUCKET", bucket)):
         if value and not value.isprintable():
             e.problem(f"{name}: contains a control character")
+    prometheus = None
+    if e.get("PROMETHEUS_LISTEN") or any(e.get(v) for v in KNOWN if v.startswith("PROMETHEUS_")):
+        from .sinks.prometheus import config_from_env as prometheus_config
+        prometheus, prometheus_problems = prometheus_config(env, redactor)
+        e.problems += prometheus_problems
+        if prometheus is None and not prometheus_problems:
+            e.problem("PROMETHEUS_BASIC_AUTH_FILE/PROMETHEUS_TLS_*: set PROMETHEUS_LISTEN too")
+    influx_wanted = any(e.get(v) for v in ("INFLUX_HOST", "INFLUX_URL", "INFLUX_ORGANIZATION", "INFLUX_BUCKET",
+                                            "INFLUX_TOKEN", "INFLUX_TOKEN_FILE"))
+    if mode == "daemon" and prometheus is not None and not influx_wanted:
+        mode_needs_influx = False  # a Prometheus-only deployment needs no INFLUX_* at all
+    else:
+        mode_needs_influx = mode == "daemon"
     if mode == "line-protocol" and not e.get("HEALTHCHECK_FILE"):
         healthcheck_file = None  # run by Telegraf & co as an ordinary user: no file unless asked for
-    if mode == "daemon":
+    if mode_needs_influx:
         if url is None and not any(p.startswith(("INFLUX_URL", "INFLUX_HOST")) for p in e.problems):
             e.missing("INFLUX_HOST", " (e.g. INFLUX_HOST=http://influxdb, or set INFLUX_URL)")
         if org is None:
@@ -518,5 +533,5 @@ def config_from_env(env: Mapping[str, str], mode: str = "daemon", redactor: Reda
         verbose=verbose, healthcheck_file=healthcheck_file, buffer_dir=buffer_dir,
         buffer_max_points=buffer_max, buffer_max_memory=buffer_memory, metric_sets=metric_sets,
         metrics_ports={h.name: metrics_ports[h.name] for h in owned if h.name in metrics_ports},
-        metricsport_families=families, onion_label=onion_label,
+        metricsport_families=families, onion_label=onion_label, prometheus=prometheus,
         warnings=tuple(e.warnings))

@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None, env=None) -> int:
         stop.set()
 
     def on_status(signum, _frame):
-        LOG.info("received %s: %s", signal.Signals(signum).name, status_line())
-
-    def status_line() -> str:
-        return f"running; {len(settings.tor_hosts)} tor(s) every {settings.period} s"
+        LOG.info("received %s: %s", signal.Signals(signum).name, daemon.status_line())
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_stop)

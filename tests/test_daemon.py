@@ -371,3 +371,26 @@ def test_the_daemons_own_figures(tmp_path, victoria, make_tor):
                       and s, 10, what="cycle points")
     assert {v for _, v in cycles} == {1}
     assert {v for _, v in victoria.samples("tor2influxdb2_cycle_tors", service="selfcheck")} == {2}
+
+
+def test_signals_as_docker_systemd_and_a_shell_send_them(tmp_path, victoria, make_tor):
+    """HUP stops cleanly like TERM; USR1/USR2 log a status line and the daemon goes on; a second TERM
+    10-100 ms after the first still ends with exit 0 (never by the signal)."""
+    tor = make_tor(auth="none")
+    env = daemon_env(tmp_path, victoria, tor.entry("signals"), BUFFER_DIR=str(tmp_path / "buffer"))
+    daemon = Daemon(env).start()
+    daemon.wait_for_line(r"cycle 2 done")
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        daemon.proc.send_signal(sig)
+        daemon.wait_for_line(rf"received {sig.name}: cycle \d+ \d+ s ago: 1/1 tors answered, 3 points")
+    daemon.wait_for_line(r"cycle 4 done")  # still polling
+    assert daemon.stop(signal.SIGHUP) == 0
+    assert (tmp_path / "health").read_text().startswith("FAILED") and "stopped" in (tmp_path / "health").read_text()
+    for delay in (0.01, 0.03, 0.06, 0.1):
+        daemon = Daemon(env).start()
+        daemon.wait_for_line(r"cycle 1 done")
+        daemon.proc.send_signal(signal.SIGTERM)
+        time.sleep(delay)  # the second signal, while the first is being handled (not an assertion)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(10) == 0, (delay, daemon.output)
+        assert "Traceback" not in daemon.output

@@ -35,6 +35,18 @@ LOG = logging.getLogger("tor2influxdb2")
 FD_MARGIN = 64
 
 
+#: The last cycle, for the status line SIGUSR1 asks for (written by run(), read by a signal handler).
+LAST_CYCLE: dict = {}
+
+
+def status_line() -> str:
+    c = LAST_CYCLE
+    if not c:
+        return "running; no cycle finished yet"
+    return (f"cycle {c['cycle']} {c['age']()} s ago: {c['ok']}/{c['tors']} tors answered, {c['points']} points, "
+            f"{c['waiting']} waiting for delivery")
+
+
 class Schedule:
     """Fixed-rate ticks on a monotonic clock: tick k is at start + k * period, so there is no
     drift; a cycle that overruns skips the ticks it missed instead of bursting to catch up."""
@@ -367,6 +379,9 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
                 write_health(health, settings, results, outputs)
                 watchdog.cycle_finished()
             good = sum(1 for r in results if r.ok)
+            done_at = time.monotonic()
+            LAST_CYCLE.update(cycle=cycle, ok=good, tors=len(results), points=len(lines), waiting=backlog,
+                              age=lambda t=done_at: f"{time.monotonic() - t:.0f}")
             LOG.debug("cycle %d done in %.3f s: %d/%d hosts ok, %d points, %d waiting", cycle,
                       time.monotonic() - started, good, len(results), len(lines), backlog)
             if max_cycles is not None and cycle >= max_cycles:

@@ -41,6 +41,7 @@ class LineEncoder:
 
     def __init__(self) -> None:
         self._prefixes: dict[tuple, str] = {}
+        self._keys: dict[str, str] = {}
 
     def prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         key = (measurement, tags)
@@ -57,7 +58,16 @@ class LineEncoder:
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
         fields = []
+        keys = self._keys
         for name, value in sorted(sample.fields.items()):
+            key = keys.get(name)
+            if key is None:
+                key = _check(name).translate(_KEY)
+                if len(keys) < _MAX_CACHE:
+                    keys[name] = key
+            if value.__class__ is int:
+                fields.append(f"{key}={value}i")
+                continue
             if isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, int):
@@ -68,7 +78,7 @@ class LineEncoder:
                 text = repr(value)
             else:
                 text = '"' + _check_string(str(value)).translate(_STRING) + '"'
-            fields.append(f"{_check(name).translate(_KEY)}={text}")
+            fields.append(f"{key}={text}")
         if not fields:
             return None
         return f"{self.prefix(sample.measurement, sample.tags)} {','.join(fields)} {sample.time_ms}"

@@ -195,7 +195,10 @@ def _core(a: Answers) -> Built:
             if counted:
                 value = counts.get(key)
             else:
-                value = parse_int(values.get(key))
+                text = values.get(key)
+                # the common case inline: a plain decimal of at most 18 digits is always an int64
+                value = int(text) if text is not None and 0 < len(text) <= 18 and text.isdigit() \
+                    and text.isascii() else parse_int(text)
             if value is None:
                 if key in unknown:
                     continue

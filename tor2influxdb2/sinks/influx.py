@@ -190,8 +190,9 @@ def classify_exception(exc: BaseException) -> WriteError:
     from .transport import socks_failure
     # (urllib3's NewConnectionError is a subclass of ConnectTimeoutError, whatever its cause)
     causes = [c for c in _chain(exc) if not isinstance(c, e.NewConnectionError)]
-    for cause in causes:
-        failure = socks_failure(cause) if "socks" in type(cause).__module__ else None
+    socks_errors = [c for c in causes if "socks" in type(c).__module__]
+    for cause in sorted(socks_errors, key=lambda c: type(c).__name__ == "GeneralProxyError"):
+        failure = socks_failure(cause)
         if failure is not None:
             return WriteError(failure)
     if any(isinstance(c, (ssl.SSLError, ssl.CertificateError, e.SSLError)) for c in causes):
@@ -217,7 +218,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
         if item is None or any(item is s for s in seen):
             continue
         seen.append(item)
-        for nxt in (getattr(item, "reason", None), item.__cause__, item.__context__):
+        for nxt in (getattr(item, "reason", None), getattr(item, "socket_err", None), item.__cause__,
+                    item.__context__):
             if isinstance(nxt, BaseException):
                 todo.append(nxt)
     return seen

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import threading
+import time
 
 from tor2influxdb2 import __version__
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STATUS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+class SignalledStop(threading.Event):
+    """The daemon's stop event; `signalled` is set (without a lock) by a signal handler and counts as set."""
+
+    signalled = False
+
+    def is_set(self) -> bool:
+        return self.signalled or super().is_set()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +51,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, env=None) -> int:
     args = parse_args(argv)
+    stop = SignalledStop()
+    received: list[int] = []
+
+    # A signal handler runs in the main thread between two of its bytecodes, wherever that is: so it
+    # only records the signal. It never logs (a write to stderr that interrupted another write raises
+    # "reentrant call") and takes no lock (an Event's lock is not reentrant: setting the Event the main
+    # thread is waiting on, or setting, deadlocks). The main thread sleeps on a pipe the signal machinery
+    # writes to, and acts on what arrived when it wakes (report()).
+    def on_signal(signum, _frame):
+        received.append(signum)
+        if signum in STOP_SIGNALS:
+            stop.signalled = True
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+    stopping: list[str] = []
+    if not (args.schema or args.test):  # from the start: a docker stop during start-up is a clean stop too
+        for sig in STOP_SIGNALS + STATUS_SIGNALS:
+            signal.signal(sig, on_signal)
     if args.schema:
         from tor2influxdb2.daemon import print_schema
         return print_schema(sys.stdout)
@@ -75,29 +108,41 @@ def main(argv: list[str] | None = None, env=None) -> int:
     if args.test:
         return daemon.run_test_mode(settings, sys.stdout)
 
-    stop = threading.Event()
+    def report() -> None:
+        while received:
+            signum = received.pop(0)
+            name = signal.Signals(signum).name
+            if signum in STATUS_SIGNALS:
+                LOG.info("received %s: %s", name, daemon.status_line())
+            elif stopping:
+                LOG.info("received %s again: already stopping", name)
+            else:
+                stopping.append(name)
+                LOG.info("received %s: stopping", name)
+                stop.set()
 
-    def on_stop(signum, _frame):
-        if stop.is_set():
-            LOG.info("received %s again: already stopping", signal.Signals(signum).name)
-            return
-        LOG.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
+    def sleep(seconds: float) -> None:
+        end = time.monotonic() + max(0.0, seconds)
+        while True:
+            report()
+            left = end - time.monotonic()
+            if stop.is_set() or left <= 0:
+                return
+            select.select([wake_r], [], [], left)
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
 
-    def on_status(signum, _frame):
-        LOG.info("received %s: %s", signal.Signals(signum).name, daemon.status_line())
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_stop)
-    for sig in STATUS_SIGNALS:
-        signal.signal(sig, on_status)
     try:
-        status = daemon.run(settings, stop)
+        status = daemon.run(settings, stop, sleep=sleep, report=report)
     finally:
         # From here on a late signal must not end the process by its default action (Python
         # restores SIG_DFL for its own handlers while it shuts down): ignore them.
         for sig in STOP_SIGNALS + STATUS_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+        report()
     return status
 
 

@@ -276,6 +276,9 @@ def test_exit_traffic_grows_by_the_bytes_fetched(tornet, victoria, tmp_path):  #
     finally:
         if daemon is not None:
             stop_daemon(daemon)
+        stopped_ms = time.time() * 1000  # the samplers go on until they have answered after the daemon's end
+        wait_for(lambda: all(s.samples and s.samples[-1].asked_ms > stopped_ms for s in samplers.values()), 10,
+                 what="a sample of every tor after the daemon stopped")
         samples = stop_samplers(samplers)
 
     assert all(ok == total == 6 for _, ok, total in cycles(daemon)), daemon.output
@@ -315,6 +318,9 @@ def test_circuits_and_streams_written_equal_what_tor_answered(tornet, victoria, 
     finally:
         if daemon is not None:
             stop_daemon(daemon)
+        stopped_ms = time.time() * 1000  # the samplers go on until they have answered after the daemon's end
+        wait_for(lambda: all(s.samples and s.samples[-1].asked_ms > stopped_ms for s in samplers.values()), 10,
+                 what="a sample of every tor after the daemon stopped")
         samples = stop_samplers(samplers)  # after the daemon: its last poll has samples after it
         for s in held:
             s.close()

@@ -306,8 +306,14 @@ class PrometheusOutput:
         self.sink.close()
 
 
-def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None, out: TextIO | None = None) -> int:
-    """The daemon: poll, hand the points to the outputs, report health, every period, until `stop`."""
+def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None, out: TextIO | None = None,
+        sleep: Callable[[float], object] | None = None, report: Callable[[], None] = lambda: None) -> int:
+    """The daemon: poll, hand the points to the outputs, report health, every period, until `stop`.
+
+    `sleep(seconds)` waits between cycles and returns early when `stop` is set; the entry point gives
+    one that a signal interrupts without the main thread ever waiting on `stop` itself (a signal
+    handler that sets an Event the main thread is waiting on can deadlock on the Event's lock)."""
+    sleep = sleep or stop.wait
     health = None
     if settings.healthcheck_file:
         try:
@@ -357,6 +363,7 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             cycle += 1
             started = time.monotonic()
             results = poller.poll_all(stop)
+            report()
             if stop.is_set() and not any(r.samples for r in results):
                 break
             lines, stamps = collect_lines(results, encoder)
@@ -386,10 +393,11 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
                       time.monotonic() - started, good, len(results), len(lines), backlog)
             if max_cycles is not None and cycle >= max_cycles:
                 break
-            stop.wait(schedule.next_delay())
+            sleep(schedule.next_delay())
     except BrokenPipeError:
         LOG.info("stdout was closed by its reader: stopping")
     finally:
+        report()
         LOG.info("stopping")
         stop.set()
         poller.close()

@@ -294,8 +294,8 @@ class SqliteBuffer:
                 count = self._count + len(lines)
                 dropped = max(0, count - self.max_points)
                 if dropped:
-                    self._db.execute("DELETE FROM points WHERE id IN (SELECT id FROM points ORDER BY id LIMIT ?)",
-                                     (dropped,))
+                    self._db.execute("DELETE FROM points WHERE id IN (SELECT id FROM points WHERE id > ? "
+                                     "ORDER BY id LIMIT ?)", (self._floor, dropped))
                 self._db.execute("COMMIT")
             except BaseException:
                 try:
@@ -315,14 +315,18 @@ class SqliteBuffer:
         return Batch([r[0] for r in rows], [r[1] for r in rows], self)
 
     def remove(self, ids: list[int]) -> None:
+        """Delete delivered rows. A delivered head is never sent again even if the DELETE fails
+        (a full disk): the floor moves past it, and `_count` (rows above the floor) drops at once."""
         if not ids:
             return
         with self._lock:
             contiguous = ids == list(range(ids[0], ids[-1] + 1))
+            floored = 0
             if contiguous and ids[0] > self._floor:
                 first = self._db.execute("SELECT min(id) FROM points WHERE id > ?", (self._floor,)).fetchone()[0]
                 if first == ids[0]:
-                    self._floor = ids[-1]  # delivered: never sent again, even if the DELETE below fails
+                    self._floor = ids[-1]
+                    floored = len(ids)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 if contiguous:
@@ -330,8 +334,9 @@ class SqliteBuffer:
                 else:
                     cur = self._db.executemany("DELETE FROM points WHERE id = ?", ((i,) for i in ids))
                 self._db.execute("COMMIT")
-                self._count -= cur.rowcount
+                self._count -= floored or cur.rowcount
             except sqlite3.Error:
+                self._count -= floored
                 try:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
@@ -339,9 +344,6 @@ class SqliteBuffer:
                 raise
 
     def __len__(self) -> int:
-        with self._lock:
-            if self._floor:
-                return self._db.execute("SELECT count(*) FROM points WHERE id > ?", (self._floor,)).fetchone()[0]
         return self._count
 
     def oldest_ms(self) -> int | None:

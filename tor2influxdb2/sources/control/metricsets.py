@@ -276,20 +276,23 @@ def _guards(a: Answers) -> Built:
 
 
 def _bandwidth(a: Answers) -> Built:
-    pairs = []
-    for item in (a.values.get("bw-event-cache") or "").split():
+    text = a.values.get("bw-event-cache") or ""
+    if not text:
+        return []
+    wanted = 300 if a.elapsed is None else max(1, min(300, round(a.elapsed)))
+    items = text.rsplit(" ", wanted)[-wanted:]  # only the seconds since the last poll are read
+    reads, writes = [], []
+    for item in items:
         read, _, written = item.partition(",")
         r, w = parse_int(read), parse_int(written)
         if r is not None and w is not None:
-            pairs.append((r, w))
-    if not pairs:
+            reads.append(r)
+            writes.append(w)
+    if not reads:
         return []
-    seconds = len(pairs) if a.elapsed is None else max(1, min(len(pairs), round(a.elapsed)))
-    recent = pairs[-seconds:]
-    reads, writes = [r for r, _ in recent], [w for _, w in recent]
     return [("bandwidth", {"read_rate_max": max(reads), "written_rate_max": max(writes),
                            "read_rate_mean": sum(reads) / len(reads), "written_rate_mean": sum(writes) / len(writes),
-                           "seconds": len(recent)}, ())]
+                           "seconds": len(reads)}, ())]
 
 
 def _relay(a: Answers) -> Built:

@@ -410,6 +410,7 @@ class ControlSession(LoopSession):
                    for m, fields, extra in built]
         self.state = READY
         self.last_poll = self.deadline - self.timeout
+        self.answers = None  # the answers' text is not kept between polls
         self._done(samples, None)
 
     def base_tags(self) -> tuple:

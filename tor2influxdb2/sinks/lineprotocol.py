@@ -41,7 +41,7 @@ class LineEncoder:
 
     def __init__(self) -> None:
         self._prefixes: dict[tuple, str] = {}
-        self._keys: dict[str, str] = {}
+        self._orders: dict[tuple, tuple] = {}
 
     def prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         key = (measurement, tags)
@@ -55,33 +55,37 @@ class LineEncoder:
             self._prefixes[key] = prefix
         return prefix
 
+    def _order(self, fields) -> tuple[tuple[str, str], ...]:
+        """(name, escaped name) of a field set, sorted by name; cached by the set's names in their order."""
+        names = tuple(fields)
+        order = self._orders.get(names)
+        if order is None:
+            order = tuple((name, _check(name).translate(_KEY)) for name in sorted(names))
+            if len(self._orders) >= _MAX_CACHE:
+                self._orders.clear()
+            self._orders[names] = order
+        return order
+
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
-        fields = []
-        keys = self._keys
-        for name, value in sorted(sample.fields.items()):
-            key = keys.get(name)
-            if key is None:
-                key = _check(name).translate(_KEY)
-                if len(keys) < _MAX_CACHE:
-                    keys[name] = key
+        fields = sample.fields
+        parts = []
+        for name, key in self._order(fields):
+            value = fields[name]
             if value.__class__ is int:
-                fields.append(f"{key}={value}i")
-                continue
-            if isinstance(value, bool):
-                text = "true" if value else "false"
+                parts.append(f"{key}={value}i")
+            elif isinstance(value, bool):
+                parts.append(f"{key}={'true' if value else 'false'}")
             elif isinstance(value, int):
-                text = f"{value}i"
+                parts.append(f"{key}={int(value)}i")
             elif isinstance(value, float):
-                if not math.isfinite(value):
-                    continue
-                text = repr(value)
+                if math.isfinite(value):
+                    parts.append(f"{key}={value!r}")
             else:
-                text = '"' + _check_string(str(value)).translate(_STRING) + '"'
-            fields.append(f"{key}={text}")
-        if not fields:
+                parts.append(f'{key}="' + _check_string(str(value)).translate(_STRING) + '"')
+        if not parts:
             return None
-        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(fields)} {sample.time_ms}"
+        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)} {sample.time_ms}"
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]

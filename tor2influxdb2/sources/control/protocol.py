@@ -140,6 +140,17 @@ class ReplyReader:
         return replies
 
     def _status_line(self, line: bytes) -> Reply | None:
+        if line[:4] == b"250-" and not self.keep_lines:  # the common line of a poll: 250-key=value
+            self._kept += len(line) + _LINE_OVERHEAD
+            if self._kept > MAX_KEPT:
+                self._too_much()
+            key, eq, value = line[4:].partition(b"=")
+            name = _text(key)
+            if name in self.counted:
+                self._counts[name] = 1 if value.strip() else 0
+            else:
+                self._values[name] = _text(value) if eq else None
+            return None
         divider = line[3:4]
         if len(line) < 4 or divider not in (b"-", b" ", b"+") or not line[:3].isdigit():
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
@@ -174,6 +185,13 @@ class ReplyReader:
 
     def _too_much(self) -> None:
         raise ProtocolViolation(Reason.TOO_LARGE, f"a reply holds more than {MAX_KEPT // 2 ** 20} MiB of values")
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace")
 
 
 def quote(text: str) -> str:

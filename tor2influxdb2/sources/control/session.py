@@ -406,7 +406,8 @@ class ControlSession(LoopSession):
         built = self.plan.build(a)  # raises SourceError when core is broken
         base = self._base_tags(version)
         time_ms = self.collected_ms or time.time_ns() // 1_000_000
-        samples = [Sample(m, make_tags(base + extra) if extra else base, fields, time_ms)
+        new = tuple.__new__  # Sample(...) without the NamedTuple constructor's extra call (the hot path)
+        samples = [new(Sample, (m, make_tags(base + extra) if extra else base, fields, time_ms))
                    for m, fields, extra in built]
         self.state = READY
         self.last_poll = self.deadline - self.timeout

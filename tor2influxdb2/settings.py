@@ -262,7 +262,7 @@ def _register_passwords(e: _Env, texts: list[str]) -> None:
     the fields between the port and the name (also of entries that fail to parse)."""
     for text in texts:
         fields = text.strip().split(":")
-        start = 3 if text.strip().startswith("unix:") else 2
+        start = 2  # HOST:PORT:... and unix:PATH:... alike (a PATH holds no ':')
         if text.strip().startswith("["):
             fields = text.strip().split("]", 1)[-1].split(":")
             start = 2

@@ -39,6 +39,7 @@ def _forms(secret: str) -> set[str]:
         urllib.parse.quote_plus(secret),
         urllib.parse.quote(secret, safe="").lower(),
         secret.replace("\\", "\\\\").replace('"', '\\"'),  # the control protocol's QuotedString
+        _c_escaped(raw, '"\\'), _c_escaped(raw, ""),  # ... with octal escapes, as tor quotes (esc_for_log)
         raw.hex(), raw.hex().upper(),
         base64.b64encode(raw).decode("ascii"),
         base64.b64encode(raw).decode("ascii").rstrip("="),
@@ -46,6 +47,11 @@ def _forms(secret: str) -> set[str]:
         str(raw)[2:-1],  # bytes repr: b'...'
     }
     return {f for f in forms if f}
+
+
+def _c_escaped(raw: bytes, escaped: str) -> str:
+    """C escapes: bytes outside printable ASCII as \\ooo (octal), the characters in `escaped` as \\c."""
+    return "".join(f"\\{chr(b)}" if chr(b) in escaped else chr(b) if 32 <= b < 127 else f"\\{b:03o}" for b in raw)
 
 
 class Redactor:

@@ -3,14 +3,15 @@
 Logs, the health file, ``-t`` output, configuration messages and the Prometheus endpoint all pass
 through :func:`mask`. It replaces every registered secret (passwords, tokens, proxy credentials,
 key passwords) in its plain form and in the encoded forms an error message may carry it in:
-repr/escape sequences, JSON, URL (percent) encoding, the control protocol's quoting, hex and
-base64. Text that came from a peer is masked *before* it is shortened (:func:`clip`), so a
+repr/escape sequences, JSON, URL (percent) encoding, HTML, the control protocol's quoting, hex
+and base64. Text that came from a peer is masked *before* it is shortened (:func:`clip`), so a
 secret can never be cut in half and leak its first part.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import threading
@@ -40,6 +41,8 @@ def _forms(secret: str) -> set[str]:
         urllib.parse.quote(secret, safe="").lower(),
         secret.replace("\\", "\\\\").replace('"', '\\"'),  # the control protocol's QuotedString
         _c_escaped(raw, '"\\'), _c_escaped(raw, ""),  # ... with octal escapes, as tor quotes (esc_for_log)
+        html.escape(secret), html.escape(secret, quote=False),  # an HTML error page (a proxy's)
+        html.escape(secret).replace("&#x27;", "&#39;"),
         raw.hex(), raw.hex().upper(),
         base64.b64encode(raw).decode("ascii"),
         base64.b64encode(raw).decode("ascii").rstrip("="),

@@ -298,6 +298,9 @@ def _influx_url(e: _Env) -> str | None:
     except ValueError:
         e.problem(f"{variable}: not a valid URL (check the port and the brackets of an IPv6 address)")
         return None
+    if parts_port == 0:
+        e.problem(f"{variable}: port 0 is no port (a number from 1 to 65535, or none for the default)")
+        return None
     if parts.scheme not in ("http", "https"):
         e.problem(f"{variable}: the scheme must be http or https")
         return None

@@ -318,6 +318,10 @@ def _influx_url(e: _Env) -> str | None:
     if parts.query or parts.fragment or not parts.path.isprintable() or " " in parts.path:
         e.problem(f"{variable}: must be the server's base URL, without query, fragment or spaces")
         return None
+    if re.search(r"/api/v2(/write)?/*$", parts.path):
+        e.problem(f"{variable}: must be the server's base URL: leave out {parts.path.rstrip('/')} "
+                  "(the daemon adds /api/v2/write)")
+        return None
     if parts_port and port_number and parts_port != port_number:
         e.problem(f"INFLUX_PORT: {port_number} contradicts the port {parts_port} in {variable}")
     final_port = parts_port or port_number or (DEFAULT_INFLUX_PORT if not url else None)

@@ -112,9 +112,9 @@ class _Env:
 
     def missing(self, name: str, example: str) -> None:
         """Report a required variable as missing, naming what was perhaps meant instead."""
-        guesses = [k for k, v in ALIASES.items() if v == name and k in self.env]
-        guesses += [k for k in difflib.get_close_matches(name, [k for k in self.env if k not in KNOWN], 3, 0.75)
-                    if k not in guesses]
+        others = {k.upper(): k for k in self.env if k not in KNOWN}  # tor_hosts is a typo of TOR_HOSTS too
+        guesses = [k for u, k in others.items() if u == name or ALIASES.get(u) == name]
+        guesses += [others[u] for u in difflib.get_close_matches(name, others, 3, 0.75) if others[u] not in guesses]
         hint = f" ({', '.join(guesses)} {'is' if len(guesses) == 1 else 'are'} set: did you mean {name}?)" \
             if guesses else ""
         self.problem(f"{name}: not set{hint}{example}")
@@ -216,9 +216,11 @@ class _Env:
 
     def unknown_variables(self) -> None:
         for key in sorted(self.env):
-            if key in KNOWN or not key.startswith(PREFIXES) or not self.env[key].strip():
+            upper = key.upper()
+            if key in KNOWN or not upper.startswith(PREFIXES) or not self.env[key].strip():
                 continue
-            guess = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, KNOWN, 1, 0.75)), None)
+            guess = ALIASES.get(upper) or (upper if upper in KNOWN else None) \
+                or next(iter(difflib.get_close_matches(upper, KNOWN, 1, 0.75)), None)
             self.warnings.append(f"{key} is set but tor2influxdb2 does not read it"
                                  + (f" (did you mean {guess}?)" if guess else ""))
 

@@ -231,8 +231,12 @@ class SqliteBuffer:
                     f"BUFFER_DIR {directory} is in use by another tor2influxdb2{who}: give each daemon its own "
                     "BUFFER_DIR (with compose --scale or replicas, a volume per replica, not one shared)") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: give the lock back, or a retry would find it taken (by us)
+            os.close(fd)
+            raise
         return fd
 
     def _open(self) -> None:
@@ -377,8 +381,10 @@ class FallbackBuffer:
     ``degraded`` is None when all is well, else a short reason for the health file (points are
     then only in memory, or the disk buffer had to be recreated)."""
 
-    def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None):
+    def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None,
+                 retry_dir: str | None = None):
         self.disk, self.memory, self.degraded = disk, memory, degraded
+        self.retry_dir = retry_dir  # BUFFER_DIR was full at start: try it again at every check()
         self.max_points = memory.max_points
         self._lock = threading.RLock()
 
@@ -458,6 +464,9 @@ class FallbackBuffer:
         swapped): recreate it with the points still waiting, and say so."""
         with self._lock:
             disk = self.disk
+            if disk is None and self.retry_dir:
+                self._retry_open()
+                return
             if disk is None or disk.still_there():
                 return
             try:
@@ -479,10 +488,41 @@ class FallbackBuffer:
                                  f"({clip(exc, 80)}); keeping points in memory")
                 LOG.error("%s", self.degraded)
 
+    def _retry_open(self) -> None:
+        try:
+            disk = SqliteBuffer(self.retry_dir, self.max_points)
+        except (OSError, sqlite3.Error) as exc:
+            if not disk_full(exc):
+                self.retry_dir = None
+                self.degraded = f"buffer: BUFFER_DIR {clip(exc, 80)}; keeping points in memory"
+                LOG.error("%s", self.degraded)
+            return
+        except BufferUnusable as exc:
+            self.retry_dir, self.degraded = None, f"buffer: {exc}"
+            LOG.error("%s", self.degraded)
+            return
+        self.disk, self.retry_dir = disk, None
+        lines, times = self.memory.take_all()
+        try:
+            disk.append(lines, times)
+        except sqlite3.Error as exc:
+            self.memory.append(lines, times)
+            self._disk_failed(exc, "writing to")
+            return
+        self.degraded = None
+        LOG.info("buffer: %s has room again: writing to it (%d points moved from memory)", disk.path, len(lines))
+
     def close(self) -> None:
         with self._lock:
             if self.disk is not None:
                 self.disk.close()
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for 'no space left' from the OS or from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> FallbackBuffer:
@@ -505,17 +545,26 @@ def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> Fallb
         disk = SqliteBuffer(real, max_points)
     except BufferLocked:
         raise
+    except (OSError, sqlite3.Error) as exc:
+        if not disk_full(exc):
+            return _unusable(exc, real, directory, memory)
+        message = (f"buffer: BUFFER_DIR {real} is full ({clip(getattr(exc, 'strerror', None) or exc, 60)}); "
+                   "keeping points in memory until it has room")
+        LOG.error("%s", message)
+        return FallbackBuffer(None, memory, degraded=message, retry_dir=real)
     except BufferUnusable as exc:
         LOG.error("buffer: %s; keeping points in memory only", exc)
         return FallbackBuffer(None, memory, degraded=f"buffer: {exc}")
-    except sqlite3.DatabaseError as exc:
+    LOG.info("buffer: %s (%d points waiting from before)", disk.path, len(disk))
+    return FallbackBuffer(disk, memory)
+
+
+def _unusable(exc: BaseException, real: str, directory: str, memory: MemoryBuffer) -> FallbackBuffer:
+    if isinstance(exc, sqlite3.DatabaseError):
         message = f"buffer: {os.path.join(real, SqliteBuffer.FILE_NAME)} is corrupt or not a database " \
                   f"({clip(exc, 60)}): left untouched, keeping points in memory"
         LOG.error("%s", message)
         return FallbackBuffer(None, memory, degraded=message)
-    except (OSError, sqlite3.Error) as exc:
-        LOG.warning("buffer: BUFFER_DIR %s is not writable (%s); keeping points in memory only, they will not "
-                    "survive a restart", directory, clip(getattr(exc, "strerror", None) or exc, 80))
-        return FallbackBuffer(None, memory)
-    LOG.info("buffer: %s (%d points waiting from before)", disk.path, len(disk))
-    return FallbackBuffer(disk, memory)
+    LOG.warning("buffer: BUFFER_DIR %s is not writable (%s); keeping points in memory only, they will not "
+                "survive a restart", directory, clip(getattr(exc, "strerror", None) or exc, 80))
+    return FallbackBuffer(None, memory)

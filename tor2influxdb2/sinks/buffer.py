@@ -259,6 +259,12 @@ class SqliteBuffer:
                 self._db.execute("CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                                  " ts_ms INTEGER NOT NULL, line TEXT NOT NULL)")
                 self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            else:  # a row this daemon never writes would stop delivery (or the main loop) at every try
+                bad = self._db.execute("DELETE FROM points WHERE typeof(line) != 'text' "
+                                       "OR typeof(ts_ms) != 'integer'").rowcount
+                if bad:
+                    LOG.error("buffer: dropped %d rows of %s that this daemon never writes (a line that is not "
+                              "text or a time that is not a whole number)", bad, self.path)
             self._count = self._db.execute("SELECT count(*) FROM points").fetchone()[0]
         except BaseException:
             self._db.close()

@@ -168,6 +168,10 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         LOG.info("stopping")
         stop.set()
         poller.close()
+        try:
+            buffer.check()  # BUFFER_DIR deleted since the last cycle: the waiting points must not stay in it
+        except Exception:  # noqa: BLE001 - the stop goes on
+            LOG.debug("buffer check at stop failed", exc_info=True)
         delivery.finish(budget=1.5)
         if not delivery.thread.is_alive():  # a request still stuck keeps its handles
             writer.close()

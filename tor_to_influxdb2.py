@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import sys
 import threading
@@ -68,24 +69,32 @@ def main(argv: list[str] | None = None, env=None) -> int:
         return daemon.run_test_mode(settings, sys.stdout)
 
     stop = threading.Event()
+    # A signal handler runs in the main thread between two of its bytecodes, maybe in the middle of
+    # a write to stderr or with a lock held: it only queues the signal (SimpleQueue.put is reentrant),
+    # and this thread logs it and sets `stop`.
+    received: queue.SimpleQueue = queue.SimpleQueue()
 
-    def on_stop(signum, _frame):
-        if stop.is_set():
-            LOG.info("received %s again: already stopping", signal.Signals(signum).name)
-            return
-        LOG.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
+    def on_signal(signum, _frame):
+        received.put(signum)
 
-    def on_status(signum, _frame):
-        LOG.info("received %s: %s", signal.Signals(signum).name, status_line())
+    def handle_signals():
+        while True:
+            signum = received.get()
+            name = signal.Signals(signum).name
+            if signum in STATUS_SIGNALS:
+                LOG.info("received %s: %s", name, status_line())
+            elif stop.is_set():
+                LOG.info("received %s again: already stopping", name)
+            else:
+                LOG.info("received %s: stopping", name)
+                stop.set()
 
     def status_line() -> str:
         return f"running; {len(settings.tor_hosts)} tor(s) every {settings.period} s"
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_stop)
-    for sig in STATUS_SIGNALS:
-        signal.signal(sig, on_status)
+    threading.Thread(target=handle_signals, name="signals", daemon=True).start()
+    for sig in STOP_SIGNALS + STATUS_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         status = daemon.run(settings, stop)
     finally:

@@ -242,6 +242,7 @@ class Poller:
                                             warn=lambda text, t=target: LOG.warning("%s: %s", _who(t), text))
             self.targets.append(target)
         self.connecting = 0
+        self._starting = False
         self.cycle: _Cycle | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="poll", daemon=True)
@@ -326,11 +327,17 @@ class Poller:
         target.control.start(now, lambda session, samples, failure, t=target: self._done(t, samples, failure))
 
     def _start_queued(self, cycle: _Cycle) -> None:
-        now = time.monotonic()
-        while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
-            target = cycle.queue.popleft()
-            target.queued = False
-            self._start(cycle, target, now)
+        if self._starting:  # a poll that failed at once (no such socket, EMFILE) ends in here again:
+            return          # the loop below goes on with the next one (no recursion through the queue)
+        self._starting = True
+        try:
+            now = time.monotonic()
+            while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
+                target = cycle.queue.popleft()
+                target.queued = False
+                self._start(cycle, target, now)
+        finally:
+            self._starting = False
 
     def _done(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
         if target.connecting:

@@ -427,6 +427,7 @@ def test_1500_tors_with_an_ordinary_users_open_file_limit(tmp_path, victoria, ma
                           short.output)
     assert len(warnings) == 1 and int(warnings[0]) > 1500
     assert "cannot write the health file" not in short.output
+    assert short.output.count("cycle overran") <= 1  # the tors left waiting do not hold the cycle up
     assert health[1024].startswith("FAILED") and "open-file limit" in health[1024]
     assert "Traceback" not in short.output and "RecursionError" not in short.output
     polled = [int(n) for n in re.findall(r"cycle \d+ done in [\d.]+ s: (\d+)/1500 hosts ok", short.output)]

@@ -56,9 +56,9 @@ class Schedule:
         return due - now
 
 
-def make_poller(settings: Settings) -> Poller:
+def make_poller(settings: Settings, max_open: int | None = None) -> Poller:
     return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, Plan(settings.metric_sets),
-                  TagPolicy(settings.service_tag, settings.send_version_tag))
+                  TagPolicy(settings.service_tag, settings.send_version_tag), max_open=max_open)
 
 
 def schema() -> dict:
@@ -74,12 +74,15 @@ def print_schema(out: TextIO) -> int:
     return 0
 
 
-def ensure_fd_limit(connections: int) -> None:
+def ensure_fd_limit(connections: int) -> int | None:
     """Raise the soft open-file limit to what the tors need (up to the hard limit), or say what
-    is missing in one warning."""
+    is missing in one warning. The most control connections the poller may hold open (None: no
+    bound): FD_MARGIN descriptors stay free for the health file, the buffer and InfluxDB."""
     need = connections + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
+    if soft == resource.RLIM_INFINITY:
+        return None
+    if soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(hard, need)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -90,11 +93,12 @@ def ensure_fd_limit(connections: int) -> None:
             LOG.warning("the open-file limit is %d (hard limit %s) but %d tors need about %d: raise it "
                         "(docker run --ulimit nofile=%d:%d, or ulimit -n %d)", soft, hard, connections, need,
                         need, need, need)
+    return max(1, soft - FD_MARGIN)
 
 
 def run_test_mode(settings: Settings, out: TextIO) -> int:
     """-t: poll every tor once, print what would be written, upload nothing. 0 if all answered."""
-    poller = make_poller(settings)
+    poller = make_poller(settings, ensure_fd_limit(len(settings.tor_hosts)))
     try:
         results = poller.poll_all(threading.Event(), budget=settings.tor_timeout + 1)
     finally:
@@ -130,11 +134,11 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         LOG.error("%s", exc)
         health.write(False, str(exc))
         return 2
-    ensure_fd_limit(len(settings.tor_hosts))
+    max_open = ensure_fd_limit(len(settings.tor_hosts))
     writer = InfluxWriter(settings.influx_url, settings.influx_org, settings.influx_bucket, settings.influx_token,
                           settings.influx_timeout)
     delivery = Delivery(writer, buffer, stop)
-    poller = make_poller(settings)
+    poller = make_poller(settings, max_open)
     encoder = LineEncoder()
     watchdog = Watchdog(health, 3 * settings.period, stop)
     schedule = Schedule(settings.period)

@@ -220,6 +220,7 @@ class _Cycle:
         self.waiting = 0
         self.finished = threading.Event()
         self.queue: collections.deque = collections.deque()
+        self.fd_bound: int | None = None  # set when the open-file limit kept tors waiting
 
 
 class Poller:
@@ -230,8 +231,9 @@ class Poller:
     MAX_BACKOFF = 60.0
 
     def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float, plan: Plan | None = None,
-                 tags: TagPolicy | None = None):
+                 tags: TagPolicy | None = None, max_open: int | None = None):
         self.timeout, self.period = timeout, period
+        self.max_open = max_open  # most sockets at once (the open-file limit's share), None: no bound
         self.plan = plan or Plan()
         self.tags = tags or TagPolicy()
         self.loop = EventLoop()
@@ -315,7 +317,7 @@ class Poller:
                 target.queued = True
                 cycle.queue.append(target)
         self._start_queued(cycle)
-        if cycle.waiting == 0 and not cycle.queue:
+        if cycle.waiting == 0 and not self._can_start(cycle):
             self._finish(cycle)
 
     def _start(self, cycle: _Cycle, target: _Target, now: float) -> None:
@@ -333,11 +335,21 @@ class Poller:
         try:
             now = time.monotonic()
             while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
+                if self._at_fd_bound():
+                    cycle.fd_bound = self.max_open  # the rest wait: the descriptors left are not theirs
+                    break
                 target = cycle.queue.popleft()
                 target.queued = False
                 self._start(cycle, target, now)
         finally:
             self._starting = False
+
+    def _at_fd_bound(self) -> bool:
+        return self.max_open is not None and len(self.loop._events) + self.connecting >= self.max_open
+
+    def _can_start(self, cycle: _Cycle) -> bool:
+        """Whether a queued tor may still start in this cycle (if none runs, none will free a descriptor)."""
+        return bool(cycle.queue) and not self._at_fd_bound()
 
     def _done(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
         if target.connecting:
@@ -355,7 +367,7 @@ class Poller:
         current = self.cycle
         if current is not None:
             self._start_queued(current)
-            if current.waiting == 0 and not current.queue:
+            if current.waiting == 0 and not self._can_start(current):
                 self._finish(current)
 
     def _result(self, cycle: _Cycle, target: _Target, samples: list[Sample] | None = None,
@@ -369,11 +381,15 @@ class Poller:
     def _finish(self, cycle: _Cycle, stopping: bool = False) -> None:
         if cycle.finished.is_set():
             return
+        if cycle.fd_bound is not None:
+            late = (f"not polled: the open-file limit leaves descriptors for {cycle.fd_bound} connections "
+                    "(raise it: docker run --ulimit nofile=..., ulimit -n)")
+        else:
+            late = "not polled: the cycle ran out of time"
         for target in cycle.queue:
             target.queued = False
             self._result(cycle, target, skipped=not stopping, failure=Failure(
-                Reason.STOPPING if stopping else Reason.NOT_POLLED,
-                "stopping" if stopping else "not polled: the cycle ran out of time"))
+                Reason.STOPPING if stopping else Reason.NOT_POLLED, "stopping" if stopping else late))
         cycle.queue.clear()
         for target in self.targets:
             if cycle.results[target.index] is None:  # still running: its result will come late

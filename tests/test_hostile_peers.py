@@ -10,8 +10,10 @@ exactly what was meant.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import os
 import re
 import resource
 import subprocess
@@ -80,7 +82,7 @@ def test_hostile_control_ports_cost_memory_and_the_healthy_tor_nothing(tmp_path,
     daemon = Daemon(env_for(tmp_path / "hostile", victoria.url, ",".join(entries))).start()
     baseline = Daemon(env_for(tmp_path / "baseline", victoria.url, tor.entry("baseline-alone"))).start()
     try:
-        daemon.wait_for_line(r"cycle 12 done", timeout=30)
+        daemon.wait_for_line(r"cycle 9 done", timeout=30)
         peak = memory_kib(daemon.proc.pid)["VmHWM"]
         base = memory_kib(baseline.proc.pid)["VmHWM"]
     finally:
@@ -99,7 +101,7 @@ def test_hostile_control_ports_cost_memory_and_the_healthy_tor_nothing(tmp_path,
         mentions = [line for line in log if f"127.0.0.1:{port.port})" in line
                     or re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", line)]
         assert len(mentions) == 1, (name, mentions)
-        assert 2 <= port.accepted <= 5, (name, port.accepted)  # tried again after 1, 2, 4, 8 s: backed off
+        assert 2 <= port.accepted <= 4, (name, port.accepted)  # tried again after 1, 2, 4 s: backed off
     assert "Traceback" not in daemon.output
 
 
@@ -258,27 +260,30 @@ def test_answers_influxdb_never_gives_keep_the_points(tmp_path, victoria, peers)
         assert len({ts for ts, _ in samples}) >= cycles + 1
 
 
-@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"], ids=["zero", "a-past-date"])
-def test_a_retry_after_of_zero_does_not_turn_the_backoff_off(tmp_path, peers, retry_after):
+def test_a_retry_after_of_zero_does_not_turn_the_backoff_off(tmp_path, peers):
     """A 503 with `Retry-After: 0` (or a date in the past): the daemon still backs off (1 s, 2 s,
     ...) instead of sending request after request as fast as the server answers."""
     control = peers(FakeControlPort({"GETINFO": core_answer()}))
-    standin = InfluxStandin(token=TOKEN, org="org", bucket="bucket").start()
-    try:
+    runs = {}
+    for name, retry_after in (("zero", "0"), ("past-date", "Wed, 21 Oct 2015 07:28:00 GMT")):
+        standin = InfluxStandin(token=TOKEN, org="org", bucket="bucket").start()
         standin.answer(503, retry_after=retry_after)
-        daemon = Daemon(env_for(tmp_path, standin.url, control.entry("retry-zero"))).start()
-        try:
+        runs[name] = (Daemon(env_for(tmp_path / name, standin.url, control.entry(f"retry-{name}"))).start(), standin)
+    try:
+        for daemon, _ in runs.values():
             daemon.wait_for_line(r"cycle 1 done")
-            started = time.monotonic()
+        started = time.monotonic()
+        for daemon, _ in runs.values():
             daemon.wait_for_line(r"cycle 5 done")
-            took = time.monotonic() - started
-            requests = standin.write_requests
-        finally:
-            assert daemon.stop() == 0
+        took = time.monotonic() - started
+        requests = {name: standin.write_requests for name, (_, standin) in runs.items()}
     finally:
-        standin.stop()
-    assert requests <= took + 3, f"{requests} write requests in {took:.1f} s"
-    assert len(re.findall(r"write failed: InfluxDB answered 503", daemon.output)) == 1
+        for daemon, standin in runs.values():
+            assert daemon.stop() == 0
+            standin.stop()
+    for name, (daemon, _) in runs.items():
+        assert requests[name] <= took + 3, f"{name}: {requests[name]} write requests in {took:.1f} s"
+        assert len(re.findall(r"write failed: InfluxDB answered 503", daemon.output)) == 1
 
 
 # --------------------------------------------------------------------------------- tag values
@@ -408,11 +413,11 @@ def test_1500_tors_with_an_ordinary_users_open_file_limit(tmp_path, victoria, ma
         hosts = tmp_path / f"hosts{hard}"
         hosts.write_text(many_port.entries(1500, prefix=f"fd{hard}-"))
         env = env_for(tmp_path / str(hard), victoria.url, None, TOR_HOSTS_FILE=str(hosts), RUN_EVERY_SECONDS="3",
-                      TOR_TIMEOUT="2.5")
+                      TOR_TIMEOUT="2")
         runs[hard] = LimitedDaemon(env, (1024, hard)).start()
     try:
         for hard, daemon in runs.items():
-            daemon.wait_for_line(r"cycle 3 done", timeout=40)
+            daemon.wait_for_line(r"cycle 2 done", timeout=40)
         raised = hp.soft_nofile(runs[4096].proc.pid)
         health = {hard: (tmp_path / str(hard) / "health").read_text() for hard in runs}
     finally:
@@ -421,7 +426,7 @@ def test_1500_tors_with_an_ordinary_users_open_file_limit(tmp_path, victoria, ma
     ok, short = runs[4096], runs[1024]
     print(f"\nopen-file limit raised from 1024 to {raised}; with 1024:1024: {health[1024][:120]!r}")
     assert 1500 < raised <= 4096
-    assert re.search(r"cycle 3 done in [\d.]+ s: 1500/1500 hosts ok", ok.output) and health[4096].startswith("OK")
+    assert re.search(r"cycle 2 done in [\d.]+ s: 1500/1500 hosts ok", ok.output) and health[4096].startswith("OK")
     assert "open-file limit" not in ok.output
     warnings = re.findall(r"WARNING the open-file limit is 1024 \(hard limit 1024\) but 1500 tors need about (\d+)",
                           short.output)
@@ -431,7 +436,7 @@ def test_1500_tors_with_an_ordinary_users_open_file_limit(tmp_path, victoria, ma
     assert health[1024].startswith("FAILED") and "open-file limit" in health[1024]
     assert "Traceback" not in short.output and "RecursionError" not in short.output
     polled = [int(n) for n in re.findall(r"cycle \d+ done in [\d.]+ s: (\d+)/1500 hosts ok", short.output)]
-    assert polled and min(polled[1:]) >= 800, polled
+    assert polled and min(polled) >= 800, polled
     assert "points waiting" not in short.output  # delivery still has a descriptor
     written = wait_for(lambda: len(s := victoria.export('{__name__="traffic_read",host=~"fd1024-.*"}')) >= 800 and s,
                        10, what="points of the polled tors")
@@ -471,34 +476,89 @@ def test_memory_bound_keeps_the_points_of_a_big_fleet(tmp_path, victoria, many_p
 
 
 def test_memory_per_point_while_influxdb_is_down(tmp_path, many_port):
-    """Without BUFFER_DIR, InfluxDB unreachable, 1,000 tors every second: the daemon's memory
-    grows by a few tens of bytes per waiting point (measured from VmRSS); BUFFER_MAX_MEMORY caps
-    it: past the bound the oldest are dropped, with a warning, and the memory stops growing."""
-    hosts = tmp_path / "hosts"
-    hosts.write_text(many_port.entries(1000, prefix="mem-"))
-    runs = {}
-    for bound in (None, "1M"):
-        env = env_for(tmp_path / str(bound), "http://127.0.0.1:1", None, TOR_HOSTS_FILE=str(hosts),
-                      BUFFER_MAX_MEMORY=bound, TOR_TIMEOUT="0.9")
-        runs[bound] = Daemon(env).start()
-    samples = {}
-    try:
-        for bound, daemon in runs.items():
-            first = daemon.wait_for_line(r"cycle 4 done in [\d.]+ s: 1000/1000 hosts ok, \d+ points, (\d+) waiting",
-                                         timeout=30)[0]
-            samples[bound] = [(int(first.group(1)), memory_kib(daemon.proc.pid)["VmRSS"])]
-        for bound, daemon in runs.items():
-            last = daemon.wait_for_line(r"cycle 24 done in [\d.]+ s: \d+/1000 hosts ok, \d+ points, (\d+) waiting",
-                                        timeout=40)[0]
-            samples[bound].append((int(last.group(1)), memory_kib(daemon.proc.pid)["VmRSS"]))
+    """Without BUFFER_DIR, InfluxDB unreachable, 1,000 tors every second: past its warm-up the
+    daemon's memory grows by a few bytes per waiting point (VmRSS at every cycle from the 4th to
+    the 11th: the median growth per point of each cycle; a retry of the delivery may add a
+    transient step). BUFFER_MAX_MEMORY caps it: with 2,000 tors whose 128-character names
+    compress badly, past 1M the oldest points are dropped, with one warning, and the number of
+    points waiting stops growing."""
+    plain, noisy = tmp_path / "plain", tmp_path / "noisy"
+    plain.write_text(many_port.entries(1000, prefix="mem-"))
+    noisy.write_text("".join(f"127.0.0.1:{many_port.port}:{base64.b64encode(os.urandom(96)).decode()}\n"
+                             for _ in range(2000)))
+    waiting = r"cycle {} done in [\d.]+ s: \d+/\d+ hosts ok, \d+ points, (\d+) waiting"
+    daemon = Daemon(env_for(tmp_path / "plain-run", "http://127.0.0.1:1", None, TOR_HOSTS_FILE=str(plain),
+                            TOR_TIMEOUT="0.9")).start()
+    samples = []
+    try:  # alone: another busy daemon beside it makes its memory jump
+        for cycle in range(4, 12):
+            line = daemon.wait_for_line(waiting.format(cycle), timeout=30)[0]
+            samples.append((int(line.group(1)), memory_kib(daemon.proc.pid)["VmRSS"]))
     finally:
-        for daemon in runs.values():
-            daemon.stop()
-    (p0, m0), (p1, m1) = samples[None]
-    per_point = (m1 - m0) * 1024 / (p1 - p0)
-    (q0, n0), (q1, n1) = samples["1M"]
-    print(f"\nmemory per waiting point: {per_point:.1f} bytes ({p1 - p0} points, {m1 - m0} KiB); "
-          f"with BUFFER_MAX_MEMORY=1M: {q1} points waiting, VmRSS {n0} -> {n1} KiB")
-    assert p1 - p0 >= 50_000 and per_point < 60
-    assert "buffer full" in runs["1M"].output and "buffer full" not in runs[None].output
-    assert n1 - n0 < 3 * 1024 and q1 < p1
+        daemon.stop()
+    bounded = Daemon(env_for(tmp_path / "bounded-run", "http://127.0.0.1:1", None, TOR_HOSTS_FILE=str(noisy),
+                             TOR_TIMEOUT="0.9", BUFFER_MAX_MEMORY="1M")).start()
+    try:
+        bounded.wait_for_line(r"WARNING buffer full", timeout=30)
+        done = bounded.wait_for_line(waiting.format(r"\d+"))
+        full = (len(done), int(done[-1].group(1)))
+        later = bounded.wait_for_line(waiting.format(r"\d+"), count=full[0] + 2)[-1]
+    finally:
+        bounded.stop()
+    slopes = sorted((m1 - m0) * 1024 / (p1 - p0) for (p0, m0), (p1, m1) in zip(samples, samples[1:]) if p1 > p0)
+    overall = (samples[-1][1] - samples[0][1]) * 1024 / (samples[-1][0] - samples[0][0])
+    median = slopes[len(slopes) // 2]
+    print(f"\nmemory per waiting point: median {median:.1f} bytes a cycle, {overall:.1f} overall "
+          f"({samples[-1][0] - samples[0][0]} points, {samples[-1][1] - samples[0][1]} KiB); "
+          f"BUFFER_MAX_MEMORY=1M: {int(later.group(1))} points waiting 2 cycles after it was full ({full[1]})")
+    assert samples[-1][0] - samples[0][0] >= 15_000 and median < 40  # a line as a str costs ~170 bytes
+    assert "buffer full" not in daemon.output
+    assert int(later.group(1)) <= full[1] + 6000 and bounded.output.count("WARNING buffer full") == 1
+
+
+def _fleet_lines(tors: int, cycle: int, encoder) -> list[str]:
+    """One cycle of the core measurements of `tors` tors, as the daemon encodes them."""
+    from tor2influxdb2.model import Sample, make_tags
+    from tor2influxdb2.sources.control.session import TagPolicy
+    t = 1796000000000 + cycle * 10_000
+    lines = []
+    for i in range(tors):
+        tags = make_tags(TagPolicy("tor", True).tags(f"relay{i:04d}", "0.4.9.11"))
+        lines += [encoder.encode(Sample("traffic", tags, {"read": 10**9 + 12345 * cycle + i,
+                                                          "written": 2 * 10**9 + 54321 * cycle}, t)),
+                  encoder.encode(Sample("connections", tags, {"circuits_active": (cycle * i) % 50,
+                                                              "streams_active": (cycle + i) % 7}, t)),
+                  encoder.encode(Sample("handshakes", tags, {"ntor_requested": cycle * 3 + i, "ntor_assigned": cycle,
+                                                             "tap_requested": 0, "tap_assigned": 0}, t))]
+    return lines
+
+
+def test_the_memory_buffer_bytes_per_point_and_its_bound():
+    """The real MemoryBuffer fed the daemon's own lines, measured with tracemalloc: bytes per
+    waiting point for fleets of 1 to 1,000 tors, and a 1 MiB bound that holds (and keeps points)."""
+    import tracemalloc
+    from tor2influxdb2.sinks.buffer import MemoryBuffer
+    from tor2influxdb2.sinks.lineprotocol import LineEncoder
+    encoder = LineEncoder()
+    figures = {}
+    for tors in (1, 10, 100, 1000):
+        cycles = [_fleet_lines(tors, k, encoder) for k in range(max(2, 45_000 // (3 * tors)))]
+        tracemalloc.start()
+        buffer = MemoryBuffer(10**9, 1 << 40)
+        base = tracemalloc.get_traced_memory()[0]
+        for lines in cycles:
+            buffer.append(lines, [1796000000000] * len(lines))
+        figures[tors] = (tracemalloc.get_traced_memory()[0] - base) / len(buffer)
+        tracemalloc.stop()
+    cycles = [_fleet_lines(2500, k, encoder) for k in range(25)]
+    tracemalloc.start()
+    bounded = MemoryBuffer(10**9, 1 << 20)
+    base = tracemalloc.get_traced_memory()[0]
+    dropped = sum(bounded.append(lines, [1796000000000] * len(lines)) for lines in cycles)
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    print("\nMemoryBuffer bytes per waiting point: " + ", ".join(f"{t} tors {b:.1f}" for t, b in figures.items())
+          + f"; 1 MiB bound, 2,500 tors: {len(bounded)} points kept, {dropped} dropped, {used / 1024:.0f} KiB")
+    assert all(b <= 30 for t, b in figures.items() if t >= 10), figures
+    assert figures[1] <= 150, figures
+    assert used <= 1.2 * (1 << 20) and dropped > 0 and len(bounded) >= 50_000

@@ -102,6 +102,12 @@ class MemoryBuffer:
             return self._trim()
 
     def _trim(self) -> int:
+        if self._bytes > self.max_bytes:  # compress the newest chunks too before a point is dropped
+            for chunk in self._chunks:
+                if chunk.blob is None:
+                    before = chunk.size
+                    chunk.compress()
+                    self._bytes += chunk.size - before
         dropped = 0
         while self._chunks and (self._count > self.max_points or self._bytes > self.max_bytes):
             head = self._chunks[0]

@@ -506,7 +506,8 @@ class FallbackBuffer:
         except (OSError, sqlite3.Error) as exc:
             if not disk_full(exc):
                 self.retry_dir = None
-                self.degraded = f"buffer: BUFFER_DIR {clip(exc, 80)}; keeping points in memory"
+                self.degraded = (f"buffer: BUFFER_DIR {self.retry_dir} cannot be used ({clip(exc, 80)}); "
+                                 "keeping points in memory")
                 LOG.error("%s", self.degraded)
             return
         except BufferUnusable as exc:

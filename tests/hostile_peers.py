@@ -9,6 +9,7 @@
 * :class:`HttpPeer`: an HTTP server that answers every request with what the test scripts (an HTML
   page, a redirect, a 201, an error body that echoes the request's ``Authorization`` header).
 * :func:`memory_kib`: VmHWM / VmRSS of a process, from /proc.
+* :func:`run_until`, :func:`assert_not_shown`: a daemon run for a few cycles; no secret in a text.
 
 The secrets these peers echo are the tests' own fake ones; the peers never print or log them.
 """
@@ -310,3 +311,30 @@ def soft_nofile(pid: int) -> int:
             if line.startswith("Max open files"):
                 return int(line.split()[3])
     raise AssertionError("no open-file limit in /proc/pid/limits")
+
+
+# ------------------------------------------------------------------ running the daemon, judging output
+
+def run_until(env: dict, line: str = r"cycle 2 done"):
+    """Start the daemon, wait for a log line matching `line`, read its health file, stop it
+    (asserting exit 0). (daemon, health file text)."""
+    from support import Daemon
+    daemon = Daemon(env).start()
+    try:
+        daemon.wait_for_line(line)
+        health = open(env["HEALTHCHECK_FILE"]).read()
+    finally:
+        assert daemon.stop() == 0
+    return daemon, health
+
+
+def assert_not_shown(text: str, secret: str, *echoed: str) -> None:
+    """Neither `secret`, in any form the daemon's redactor knows (repr, JSON, URL, hex, ...), nor
+    the `echoed` forms a peer sent back, is in `text`."""
+    from tor2influxdb2.redact import Redactor
+    forms = Redactor()
+    forms.add(secret)
+    for form in echoed:
+        forms.add_form(form)
+    assert secret not in text and text not in forms, \
+        f"a secret of {len(secret)} characters is shown in:\n{forms.mask(text)}"

@@ -11,9 +11,8 @@ import subprocess
 
 import pytest
 
-from hostile_peers import FakeControlPort, HttpPeer, core_answer
+from hostile_peers import FakeControlPort, HttpPeer, assert_not_shown, core_answer, run_until
 from support import Daemon, run_daemon
-from tor2influxdb2.redact import Redactor
 
 pytestmark = pytest.mark.hostile
 
@@ -40,14 +39,6 @@ def refused(env: dict, *args: str) -> str:
     for line in r.stderr.strip().splitlines():
         assert line.startswith("configuration error: "), line
     return r.stderr
-
-
-def assert_not_shown(text: str, *secrets: str) -> None:
-    """No secret in `text`, in any form the daemon's redactor knows (repr, JSON, URL, hex, ...)."""
-    for value in secrets:
-        forms = Redactor()
-        forms.add(value)
-        assert value not in text and text not in forms, f"a secret of {len(value)} characters is shown"
 
 
 # ------------------------------------------------------------------------ secrets at start
@@ -104,13 +95,8 @@ def test_a_third_field_that_is_a_password_is_never_shown(tmp_path, make_tor):
     the health file, nor -t."""
     tor = make_tor(auth="password", password="third-field-pw-5150")
     entry = f"127.0.0.1:{tor.port}:{tor.password}"
-    env = base_env(tmp_path, TOR_HOSTS=entry, RUN_EVERY_SECONDS="1", TOR_TIMEOUT="0.8", VERBOSE="true")
-    daemon = Daemon(env).start()
-    try:
-        daemon.wait_for_line(r"cycle 2 done")
-        health = (tmp_path / "health").read_text()
-    finally:
-        assert daemon.stop() == 0
+    daemon, health = run_until(base_env(tmp_path, TOR_HOSTS=entry, RUN_EVERY_SECONDS="1", TOR_TIMEOUT="0.8",
+                                        VERBOSE="true"))
     assert "tor asks for a password and TOR_HOSTS entry 1 gives none" in daemon.output
     assert f"tor host: TOR_HOSTS entry 1 (127.0.0.1:{tor.port})" in daemon.output
     assert health.startswith("FAILED") and f"host TOR_HOSTS entry 1 (127.0.0.1:{tor.port})" in health

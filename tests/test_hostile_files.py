@@ -13,9 +13,7 @@ import os
 import re
 import shutil
 import sqlite3
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

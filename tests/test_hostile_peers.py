@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 import hostile_peers as hp
-from hostile_peers import FakeControlPort, HttpPeer, ManyControlPort, core_answer, memory_kib
+from hostile_peers import (FakeControlPort, HttpPeer, ManyControlPort, assert_not_shown, core_answer, memory_kib,
+                           run_until)
 from influx_standin import InfluxStandin
 from support import Daemon, run_daemon, wait_for
-from tor2influxdb2.redact import Redactor
 from tor2influxdb2.sinks.buffer import SqliteBuffer
 
 pytestmark = pytest.mark.hostile
@@ -43,15 +43,6 @@ def env_for(tmp_path: Path, url: str, tor_hosts: str, **extra) -> dict:
            "VERBOSE": "true", "HEALTHCHECK_FILE": str(tmp_path / "health")}
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
-
-
-def assert_not_shown(text: str, secret: str, *echoed: str) -> None:
-    """Neither `secret` in any form the redactor knows, nor the `echoed` forms a peer sent back."""
-    forms = Redactor()
-    forms.add(secret)
-    for form in echoed:
-        forms.add_form(form)
-    assert text not in forms, f"a secret of {len(secret)} characters is shown in:\n{forms.mask(text)}"
 
 
 def cycles_done(daemon: Daemon) -> int:
@@ -90,7 +81,7 @@ def test_hostile_control_ports_cost_memory_and_the_healthy_tor_nothing(tmp_path,
     print(f"\nVmHWM: {peak} KiB with 8 hostile control ports, {base} KiB polling one tor alone")
     assert peak <= base + 12 * 1024, (peak, base)
     cycles = cycles_done(daemon)
-    assert re.findall(r"cycle \d+ done in [\d.]+ s: 1/9 hosts ok", daemon.output).__len__() == cycles
+    assert len(re.findall(r"cycle \d+ done in [\d.]+ s: 1/9 hosts ok", daemon.output)) == cycles
     samples = wait_for(lambda: len(s := victoria.samples("traffic_read", host="beside-hostile")) >= cycles and s,
                        10, what=f"{cycles} points of the healthy tor")
     assert len(samples) == cycles  # one per cycle, none lost, none twice
@@ -146,17 +137,12 @@ def test_a_control_port_echoing_the_password_never_shows_it(tmp_path, victoria, 
     entries.append(f"unix:{sock}:{PASSWORD}:echo-unix")
     hosts = tmp_path / "hosts"
     hosts.write_text("\n".join(entries) + "\n")  # the password has no ',' but a file is where it would go
-    env = env_for(tmp_path, victoria.url, None, TOR_HOSTS_FILE=str(hosts))
-    daemon = Daemon(env).start()
-    try:
-        daemon.wait_for_line(r"cycle 2 done")
-        health = (tmp_path / "health").read_text()
-    finally:
-        assert daemon.stop() == 0
+    daemon, health = run_until(env_for(tmp_path, victoria.url, None, TOR_HOSTS_FILE=str(hosts)))
     test = run_daemon({"TOR_HOSTS_FILE": str(hosts)}, "-t")
     assert test.returncode == 1 and test.stdout.count("not available: authentication failed") == len(entries)
     assert ports["as-received"].commands[1] == f"AUTHENTICATE {CONTROL_ECHOES['as-received']}"  # a true echo
-    failures = [line for line in daemon.output.splitlines() if "authentication failed: tor refused the password" in line]
+    failures = [line for line in daemon.output.splitlines()
+                if "authentication failed: tor refused the password" in line]
     for name in [*CONTROL_ECHOES, "unix"]:
         assert any(re.search(rf"\becho-{name}\b", line) for line in failures), name
     assert health.startswith("FAILED") and "authentication failed" in health

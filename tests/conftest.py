@@ -6,7 +6,12 @@ import shutil
 
 import pytest
 
+import leakcheck
 from support import ROOT, Tor, VictoriaMetrics, run_daemon
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(leakcheck.Plugin(), "leakcheck")  # the suite-wide secret check
 
 
 @pytest.fixture(scope="session")

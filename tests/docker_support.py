@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+import leakcheck
 from support import ROOT, wait_for
 
 DOCKER = shutil.which("docker") or "/usr/bin/docker"
@@ -54,6 +55,8 @@ def docker(*args: str, check: bool = True, timeout: float = 120, input: bytes | 
            text: bool = True) -> subprocess.CompletedProcess:
     """Run the docker CLI; on failure with check=True raise an AssertionError carrying its output."""
     proc = subprocess.run([DOCKER, *args], capture_output=True, timeout=timeout, input=input, text=text)
+    if args and args[0] == "run" and "-d" not in args and text:  # the daemon's own output (-t, errors)
+        leakcheck.output("docker run", proc.stdout + proc.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
@@ -426,6 +429,7 @@ def seconds_to_healthy(name: str) -> float:
 
 def logs(name: str) -> str:
     proc = docker("logs", name, check=False, timeout=30)
+    leakcheck.output(f"docker logs {name}", proc.stdout + proc.stderr)
     return (proc.stdout + proc.stderr)[-6000:]
 
 
@@ -438,6 +442,7 @@ def host_pid(name: str) -> int:
 def run_args(env: dict[str, str] | None = None, mounts: list[tuple[str, str]] | None = None) -> list[str]:
     """`docker run` options for environment variables and read-only bind mounts."""
     args = []
+    leakcheck.env_secrets(env or {})
     for k, v in (env or {}).items():
         args += ["-e", f"{k}={v}"]
     for src, dst in mounts or []:

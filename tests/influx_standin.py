@@ -634,6 +634,8 @@ class InfluxStandin:
                  bucket_id: str = "fedcba9876543210", version: str = INFLUXDB_VERSION):
         self._port = port
         self._token = token
+        from leakcheck import secret  # the suite's secret check: this token must never be shown
+        secret(token)
         self.org, self.bucket, self.org_id, self.bucket_id = org, bucket, org_id, bucket_id
         self.version = version
         self._lock = threading.RLock()

@@ -21,6 +21,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import leakcheck
+
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = ROOT / "tor_to_influxdb2.py"
 TOR_BIN = shutil.which("tor") or "/usr/sbin/tor"
@@ -102,6 +104,7 @@ class Tor:
         os.chmod(self.workdir, 0o700)
         self.datadir = self.workdir / "data"
         self.auth, self.control, self.password = auth, control, password
+        leakcheck.secret(password)
         self.host = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": None}[control]
         self.port = free_port(socket.AF_INET6, "::1") if control == "tcp6" else (
             free_port() if control == "tcp4" else None)
@@ -290,6 +293,8 @@ class Daemon:
         self.proc = subprocess.Popen([self.python, str(DAEMON), *self.args], env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      cwd=self.cwd)
+        leakcheck.output(f"the log of a daemon (pid {self.proc.pid})", lambda: self.output,
+                         leakcheck.env_secrets(self.env))
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -336,5 +341,9 @@ class Daemon:
 def run_daemon(env: dict[str, str], *args: str, timeout: float = 60, python: str = sys.executable, **popen):
     """Run the daemon to completion (e.g. -t or a bad configuration); CompletedProcess."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    return subprocess.run([python, str(DAEMON), *args], env=full_env, capture_output=True,
-                          text=True, timeout=timeout, **popen)
+    own = leakcheck.env_secrets(full_env)
+    result = subprocess.run([python, str(DAEMON), *args], env=full_env, capture_output=True,
+                            text=True, timeout=timeout, **popen)
+    leakcheck.output(f"stdout of run_daemon {' '.join(args)}", result.stdout, own)
+    leakcheck.output(f"stderr of run_daemon {' '.join(args)}", result.stderr, own)
+    return result

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import pytest
 
+import leakcheck
 from support import TOR_BIN, free_port, hash_password, port_open, stop_process, wait_for
 
 PASSWORD = "tornet-pw"
+leakcheck.secret(PASSWORD)
 BODY_SIZE = 2 * 1024 * 1024
 BOOTSTRAP_TIMEOUT = 120  # measured 10-16 s here; generous for loaded CI machines
 

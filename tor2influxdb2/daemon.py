@@ -71,7 +71,7 @@ class Schedule:
         return due - now
 
 
-def make_poller(settings: Settings) -> Poller:
+def make_poller(settings: Settings, max_open: int | None = None) -> Poller:
     metrics = {}
     if settings.metrics_ports:
         from .sources.metricsport import DEFAULT_SELECTION, MetricsSession
@@ -81,7 +81,7 @@ def make_poller(settings: Settings) -> Poller:
                                                                           settings.tor_timeout, loop, tags))
     plan = Plan(tuple(s for s in settings.metric_sets if s in CONTROL_SETS))
     return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, plan,
-                  TagPolicy(settings.service_tag, settings.send_version_tag), metrics)
+                  TagPolicy(settings.service_tag, settings.send_version_tag), metrics, max_open=max_open)
 
 
 def schema() -> dict:
@@ -139,12 +139,15 @@ def print_schema(out: TextIO) -> int:
     return 0
 
 
-def ensure_fd_limit(connections: int) -> None:
+def ensure_fd_limit(connections: int) -> int | None:
     """Raise the soft open-file limit to what the tors need (up to the hard limit), or say what
-    is missing in one warning."""
+    is missing in one warning. The most connections the poller may hold open (None: no bound):
+    FD_MARGIN descriptors stay free for the health file, the buffer and InfluxDB."""
     need = connections + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
+    if soft == resource.RLIM_INFINITY:
+        return None
+    if soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(hard, need)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -155,6 +158,7 @@ def ensure_fd_limit(connections: int) -> None:
             LOG.warning("the open-file limit is %d (hard limit %s) but %d tors need about %d: raise it "
                         "(docker run --ulimit nofile=%d:%d, or ulimit -n %d)", soft, hard, connections, need,
                         need, need, need)
+    return max(1, soft - FD_MARGIN)
 
 
 def make_writer(settings: Settings) -> InfluxWriter:
@@ -171,7 +175,8 @@ def run_test_mode(settings: Settings, out: TextIO) -> int:
         names = ", ".join(h.name if h.password_given else h.label for h in settings.tor_hosts) or "none"
         print(mask(f"Shard {index}/{count}: this replica polls {len(settings.tor_hosts)} of the "
                    f"{len(settings.all_tor_hosts)} tors of TOR_HOSTS: {names}"), file=out)
-    poller = make_poller(settings)
+    connections = len(settings.tor_hosts) * (2 if settings.metrics_ports else 1)
+    poller = make_poller(settings, ensure_fd_limit(connections))
     try:
         results = poller.poll_all(threading.Event(), budget=settings.tor_timeout + 1)
     finally:
@@ -230,6 +235,10 @@ class InfluxOutput:
         return out
 
     def close(self) -> None:
+        try:
+            self.buffer.check()  # BUFFER_DIR deleted since the last cycle: the waiting points must not stay in it
+        except Exception:  # noqa: BLE001 - the stop goes on
+            LOG.debug("buffer check at stop failed", exc_info=True)
         self.delivery.finish(budget=1.5)
         if not self.delivery.thread.is_alive():  # a request still stuck keeps its handles
             self.writer.close()
@@ -338,8 +347,8 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         if health is not None:
             health.write(False, str(exc))
         return 2
-    ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
-    poller = make_poller(settings)
+    max_open = ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
+    poller = make_poller(settings, max_open)
     encoder = LineEncoder()
     watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
     schedule = Schedule(settings.period)

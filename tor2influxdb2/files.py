@@ -3,8 +3,10 @@
 A path may be a link planted by another user, pointing at a file of yours (or root's) that the
 daemon would then replace. So links are followed one at a time, and only links owned by root
 or by the daemon's own user, sitting in a directory no other user can write to (the image's
-/healthcheck -> /tmp/healthcheck is such a link). The final file is replaced atomically by a
-rename, which never follows a link; it must be a regular file if it exists.
+/healthcheck -> /tmp/healthcheck is such a link). No directory on the way may sit in a directory
+other users can write to (without the sticky bit): they could swap it for a link at any time
+after the start. The final file is replaced atomically by a rename, which never follows a link;
+it must be a regular file if it exists.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def resolve(path: str, what: str) -> str:
     while parts:
         part = parts.pop(0)
         candidate = os.path.join(current, part)
+        if parts:  # a directory on the way: whoever can write to its parent can swap it for a link
+            _check_parent(current, candidate, what)
         try:
             info = os.lstat(candidate)
         except FileNotFoundError:
@@ -68,6 +72,17 @@ def resolve(path: str, what: str) -> str:
         parts = [p for p in os.path.normpath(rest).split(os.sep) if p]
         current = os.sep
     return current
+
+
+def _check_parent(directory: str, entry: str, what: str) -> None:
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise UnsafePath(f"{what}: cannot look at {directory}: {exc.strerror}") from None
+    if _others_can_write(info):
+        raise UnsafePath(f"{what}: {entry} is in {directory}, which other users can write to (mode "
+                         f"{stat.S_IMODE(info.st_mode):o}, no sticky bit): another user could swap it for a link; "
+                         "choose a path whose directories only you (or root) can write to")
 
 
 def check_directory(directory: str, what: str) -> None:

@@ -252,6 +252,7 @@ class _Cycle:
         self.finished = threading.Event()
         self.queue: collections.deque = collections.deque()
         self.scrapes: collections.deque = collections.deque()
+        self.fd_bound: int | None = None  # set when the open-file limit kept tors waiting
 
 
 _COMMON = ("host", "service", "version")
@@ -280,8 +281,9 @@ class Poller:
     MAX_BACKOFF = 60.0
 
     def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float, plan: Plan | None = None,
-                 tags: TagPolicy | None = None, metrics: dict | None = None):
+                 tags: TagPolicy | None = None, metrics: dict | None = None, max_open: int | None = None):
         self.timeout, self.period = timeout, period
+        self.max_open = max_open  # most sockets at once (the open-file limit's share), None: no bound
         self.plan = plan or Plan()
         self.tags = tags or TagPolicy()
         self.loop = EventLoop()
@@ -295,6 +297,7 @@ class Poller:
             self.targets.append(target)
         self.connecting = 0
         self.scraping = 0
+        self._starting = False
         self.cycle: _Cycle | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="poll", daemon=True)
@@ -400,13 +403,32 @@ class Poller:
         target.metrics.start(now, lambda session, samples, failure, t=target: self._scraped(t, samples, failure))
 
     def _start_queued(self, cycle: _Cycle) -> None:
-        now = time.monotonic()
-        while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
-            target = cycle.queue.popleft()
-            target.queued = False
-            self._start(cycle, target, now)
-        while cycle.scrapes and self.scraping < self.MAX_SCRAPING and now < cycle.budget_end:
-            self._scrape(cycle, cycle.scrapes.popleft(), now)
+        if self._starting:  # a poll that failed at once (no such socket, EMFILE) ends in here again:
+            return          # the loops below go on with the next one (no recursion through the queue)
+        self._starting = True
+        try:
+            now = time.monotonic()
+            while cycle.queue and self.connecting < self.MAX_CONNECTING and now < cycle.budget_end:
+                if self._at_fd_bound():
+                    cycle.fd_bound = self.max_open  # the rest wait: the descriptors left are not theirs
+                    break
+                target = cycle.queue.popleft()
+                target.queued = False
+                self._start(cycle, target, now)
+            while cycle.scrapes and self.scraping < self.MAX_SCRAPING and now < cycle.budget_end:
+                if self._at_fd_bound():
+                    cycle.fd_bound = self.max_open
+                    break
+                self._scrape(cycle, cycle.scrapes.popleft(), now)
+        finally:
+            self._starting = False
+
+    def _at_fd_bound(self) -> bool:
+        return self.max_open is not None and len(self.loop._events) + self.connecting + self.scraping >= self.max_open
+
+    def _can_start(self, cycle: _Cycle) -> bool:
+        """Whether a queued poll may still start in this cycle (if none runs, none will free a descriptor)."""
+        return bool(cycle.queue or cycle.scrapes) and not self._at_fd_bound()
 
     def _done(self, target: _Target, samples: list[Sample] | None, failure: Failure | None) -> None:
         if target.connecting:
@@ -441,20 +463,25 @@ class Poller:
             self._complete_if_done(current)
 
     def _complete_if_done(self, cycle: _Cycle) -> None:
-        if cycle.waiting == 0 and not cycle.queue and not cycle.scrapes:
+        if cycle.waiting == 0 and not self._can_start(cycle):
             self._finish(cycle)
 
     def _finish(self, cycle: _Cycle, stopping: bool = False) -> None:
         if cycle.finished.is_set():
             return
         late = Failure(Reason.STOPPING, "stopping") if stopping else None
+        if cycle.fd_bound is not None:
+            why = (f"the open-file limit leaves descriptors for {cycle.fd_bound} connections "
+                   "(raise it: docker run --ulimit nofile=..., ulimit -n)")
+        else:
+            why = "the cycle ran out of time"
         for target in cycle.queue:
             target.queued = False
-            cycle.control[target.index] = _Part(failure=late or Failure(
-                Reason.NOT_POLLED, "not polled: the cycle ran out of time"), skipped=not stopping)
+            cycle.control[target.index] = _Part(failure=late or Failure(Reason.NOT_POLLED, f"not polled: {why}"),
+                                                skipped=not stopping)
         for target in cycle.scrapes:
             cycle.metrics[target.index] = _Part(failure=late or Failure(
-                Reason.NOT_POLLED, "MetricsPort: not scraped: the cycle ran out of time"), skipped=not stopping)
+                Reason.NOT_POLLED, f"MetricsPort: not scraped: {why}"), skipped=not stopping)
         cycle.queue.clear()
         cycle.scrapes.clear()
         changes: list = []

@@ -3,14 +3,15 @@
 Logs, the health file, ``-t`` output, configuration messages and the Prometheus endpoint all pass
 through :func:`mask`. It replaces every registered secret (passwords, tokens, proxy credentials,
 key passwords) in its plain form and in the encoded forms an error message may carry it in:
-repr/escape sequences, JSON, URL (percent) encoding, the control protocol's quoting, hex and
-base64. Text that came from a peer is masked *before* it is shortened (:func:`clip`), so a
+repr/escape sequences, JSON, URL (percent) encoding, HTML, the control protocol's quoting, hex
+and base64. Text that came from a peer is masked *before* it is shortened (:func:`clip`), so a
 secret can never be cut in half and leak its first part.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import threading
@@ -39,6 +40,9 @@ def _forms(secret: str) -> set[str]:
         urllib.parse.quote_plus(secret),
         urllib.parse.quote(secret, safe="").lower(),
         secret.replace("\\", "\\\\").replace('"', '\\"'),  # the control protocol's QuotedString
+        _c_escaped(raw, '"\\'), _c_escaped(raw, ""),  # ... with octal escapes, as tor quotes (esc_for_log)
+        html.escape(secret), html.escape(secret, quote=False),  # an HTML error page (a proxy's)
+        html.escape(secret).replace("&#x27;", "&#39;"),
         raw.hex(), raw.hex().upper(),
         base64.b64encode(raw).decode("ascii"),
         base64.b64encode(raw).decode("ascii").rstrip("="),
@@ -46,6 +50,11 @@ def _forms(secret: str) -> set[str]:
         str(raw)[2:-1],  # bytes repr: b'...'
     }
     return {f for f in forms if f}
+
+
+def _c_escaped(raw: bytes, escaped: str) -> str:
+    """C escapes: bytes outside printable ASCII as \\ooo (octal), the characters in `escaped` as \\c."""
+    return "".join(f"\\{chr(b)}" if chr(b) in escaped else chr(b) if 32 <= b < 127 else f"\\{b:03o}" for b in raw)
 
 
 class Redactor:

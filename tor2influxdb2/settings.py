@@ -134,9 +134,9 @@ class _Env:
 
     def missing(self, name: str, example: str) -> None:
         """Report a required variable as missing, naming what was perhaps meant instead."""
-        guesses = [k for k, v in ALIASES.items() if v == name and k in self.env]
-        guesses += [k for k in difflib.get_close_matches(name, [k for k in self.env if k not in KNOWN], 3, 0.75)
-                    if k not in guesses]
+        others = {k.upper(): k for k in self.env if k not in KNOWN}  # tor_hosts is a typo of TOR_HOSTS too
+        guesses = [k for u, k in others.items() if u == name or ALIASES.get(u) == name]
+        guesses += [others[u] for u in difflib.get_close_matches(name, others, 3, 0.75) if others[u] not in guesses]
         hint = f" ({', '.join(guesses)} {'is' if len(guesses) == 1 else 'are'} set: did you mean {name}?)" \
             if guesses else ""
         self.problem(f"{name}: not set{hint}{example}")
@@ -238,9 +238,11 @@ class _Env:
 
     def unknown_variables(self) -> None:
         for key in sorted(self.env):
-            if key in KNOWN or not key.startswith(PREFIXES) or not self.env[key].strip():
+            upper = key.upper()
+            if key in KNOWN or not upper.startswith(PREFIXES) or not self.env[key].strip():
                 continue
-            guess = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, KNOWN, 1, 0.75)), None)
+            guess = ALIASES.get(upper) or (upper if upper in KNOWN else None) \
+                or next(iter(difflib.get_close_matches(upper, KNOWN, 1, 0.75)), None)
             self.warnings.append(f"{key} is set but tor2influxdb2 does not read it"
                                  + (f" (did you mean {guess}?)" if guess else ""))
 
@@ -284,7 +286,7 @@ def _register_passwords(e: _Env, texts: list[str]) -> None:
     the fields between the port and the name (also of entries that fail to parse)."""
     for text in texts:
         fields = text.strip().split(":")
-        start = 3 if text.strip().startswith("unix:") else 2
+        start = 2  # HOST:PORT:... and unix:PATH:... alike (a PATH holds no ':')
         if text.strip().startswith("["):
             fields = text.strip().split("]", 1)[-1].split(":")
             start = 2
@@ -320,6 +322,9 @@ def _influx_url(e: _Env) -> str | None:
     except ValueError:
         e.problem(f"{variable}: not a valid URL (check the port and the brackets of an IPv6 address)")
         return None
+    if parts_port == 0:
+        e.problem(f"{variable}: port 0 is no port (a number from 1 to 65535, or none for the default)")
+        return None
     if parts.scheme not in ("http", "https"):
         e.problem(f"{variable}: the scheme must be http or https")
         return None
@@ -336,6 +341,10 @@ def _influx_url(e: _Env) -> str | None:
         return None
     if parts.query or parts.fragment or not parts.path.isprintable() or " " in parts.path:
         e.problem(f"{variable}: must be the server's base URL, without query, fragment or spaces")
+        return None
+    if re.search(r"/api/v2(/write)?/*$", parts.path):
+        e.problem(f"{variable}: must be the server's base URL: leave out {parts.path.rstrip('/')} "
+                  "(the daemon adds /api/v2/write)")
         return None
     if parts_port and port_number and parts_port != port_number:
         e.problem(f"INFLUX_PORT: {port_number} contradicts the port {parts_port} in {variable}")

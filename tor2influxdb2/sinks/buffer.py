@@ -102,6 +102,12 @@ class MemoryBuffer:
             return self._trim()
 
     def _trim(self) -> int:
+        if self._bytes > self.max_bytes:  # compress the newest chunks too before a point is dropped
+            for chunk in self._chunks:
+                if chunk.blob is None:
+                    before = chunk.size
+                    chunk.compress()
+                    self._bytes += chunk.size - before
         dropped = 0
         while self._chunks and (self._count > self.max_points or self._bytes > self.max_bytes):
             head = self._chunks[0]
@@ -231,8 +237,12 @@ class SqliteBuffer:
                     f"BUFFER_DIR {directory} is in use by another tor2influxdb2{who}: give each daemon its own "
                     "BUFFER_DIR (with compose --scale or replicas, a volume per replica, not one shared)") from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: give the lock back, or a retry would find it taken (by us)
+            os.close(fd)
+            raise
         return fd
 
     def _open(self) -> None:
@@ -255,6 +265,12 @@ class SqliteBuffer:
                 self._db.execute("CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                                  " ts_ms INTEGER NOT NULL, line TEXT NOT NULL)")
                 self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            else:  # a row this daemon never writes would stop delivery (or the main loop) at every try
+                bad = self._db.execute("DELETE FROM points WHERE typeof(line) != 'text' "
+                                       "OR typeof(ts_ms) != 'integer'").rowcount
+                if bad:
+                    LOG.error("buffer: dropped %d rows of %s that this daemon never writes (a line that is not "
+                              "text or a time that is not a whole number)", bad, self.path)
             self._count = self._db.execute("SELECT count(*) FROM points").fetchone()[0]
         except BaseException:
             self._db.close()
@@ -379,8 +395,10 @@ class FallbackBuffer:
     ``degraded`` is None when all is well, else a short reason for the health file (points are
     then only in memory, or the disk buffer had to be recreated)."""
 
-    def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None):
+    def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None,
+                 retry_dir: str | None = None):
         self.disk, self.memory, self.degraded = disk, memory, degraded
+        self.retry_dir = retry_dir  # BUFFER_DIR was full at start: try it again at every check()
         self.max_points = memory.max_points
         self._lock = threading.RLock()
 
@@ -460,6 +478,9 @@ class FallbackBuffer:
         swapped): recreate it with the points still waiting, and say so."""
         with self._lock:
             disk = self.disk
+            if disk is None and self.retry_dir:
+                self._retry_open()
+                return
             if disk is None or disk.still_there():
                 return
             try:
@@ -481,10 +502,42 @@ class FallbackBuffer:
                                  f"({clip(exc, 80)}); keeping points in memory")
                 LOG.error("%s", self.degraded)
 
+    def _retry_open(self) -> None:
+        try:
+            disk = SqliteBuffer(self.retry_dir, self.max_points)
+        except (OSError, sqlite3.Error) as exc:
+            if not disk_full(exc):
+                self.retry_dir = None
+                self.degraded = (f"buffer: BUFFER_DIR {self.retry_dir} cannot be used ({clip(exc, 80)}); "
+                                 "keeping points in memory")
+                LOG.error("%s", self.degraded)
+            return
+        except BufferUnusable as exc:
+            self.retry_dir, self.degraded = None, f"buffer: {exc}"
+            LOG.error("%s", self.degraded)
+            return
+        self.disk, self.retry_dir = disk, None
+        lines, times = self.memory.take_all()
+        try:
+            disk.append(lines, times)
+        except sqlite3.Error as exc:
+            self.memory.append(lines, times)
+            self._disk_failed(exc, "writing to")
+            return
+        self.degraded = None
+        LOG.info("buffer: %s has room again: writing to it (%d points moved from memory)", disk.path, len(lines))
+
     def close(self) -> None:
         with self._lock:
             if self.disk is not None:
                 self.disk.close()
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for 'no space left' from the OS or from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> FallbackBuffer:
@@ -507,17 +560,26 @@ def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> Fallb
         disk = SqliteBuffer(real, max_points)
     except BufferLocked:
         raise
+    except (OSError, sqlite3.Error) as exc:
+        if not disk_full(exc):
+            return _unusable(exc, real, directory, memory)
+        message = (f"buffer: BUFFER_DIR {real} is full ({clip(getattr(exc, 'strerror', None) or exc, 60)}); "
+                   "keeping points in memory until it has room")
+        LOG.error("%s", message)
+        return FallbackBuffer(None, memory, degraded=message, retry_dir=real)
     except BufferUnusable as exc:
         LOG.error("buffer: %s; keeping points in memory only", exc)
         return FallbackBuffer(None, memory, degraded=f"buffer: {exc}")
-    except sqlite3.DatabaseError as exc:
+    LOG.info("buffer: %s (%d points waiting from before)", disk.path, len(disk))
+    return FallbackBuffer(disk, memory)
+
+
+def _unusable(exc: BaseException, real: str, directory: str, memory: MemoryBuffer) -> FallbackBuffer:
+    if isinstance(exc, sqlite3.DatabaseError):
         message = f"buffer: {os.path.join(real, SqliteBuffer.FILE_NAME)} is corrupt or not a database " \
                   f"({clip(exc, 60)}): left untouched, keeping points in memory"
         LOG.error("%s", message)
         return FallbackBuffer(None, memory, degraded=message)
-    except (OSError, sqlite3.Error) as exc:
-        LOG.warning("buffer: BUFFER_DIR %s is not writable (%s); keeping points in memory only, they will not "
-                    "survive a restart", directory, clip(getattr(exc, "strerror", None) or exc, 80))
-        return FallbackBuffer(None, memory)
-    LOG.info("buffer: %s (%d points waiting from before)", disk.path, len(disk))
-    return FallbackBuffer(disk, memory)
+    LOG.warning("buffer: BUFFER_DIR %s is not writable (%s); keeping points in memory only, they will not "
+                "survive a restart", directory, clip(getattr(exc, "strerror", None) or exc, 80))
+    return FallbackBuffer(None, memory)

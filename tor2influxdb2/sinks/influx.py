@@ -384,7 +384,9 @@ class Delivery:
             delay = self.CONFIG_RETRY
         else:
             self.backoff = min(self.MAX_BACKOFF, self.backoff * 2 if self.backoff else 1.0)
-            delay = error.retry_after if error.retry_after is not None else self.backoff
+            # the server's Retry-After, but never at once: "0" or a past date would mean a request
+            # after request as fast as it answers
+            delay = max(1.0, error.retry_after) if error.retry_after is not None else self.backoff
         self.retry_at = now + delay
         if error.failure != self.last_failure:
             hint = ""

@@ -192,7 +192,7 @@ def daemon_for(net: TorNet, victoria, tmp_path, prefix: str) -> Daemon:
     """The daemon polling all six tors; host tags are `prefix` + node name."""
     hosts = ",".join(n.entry(prefix + n.name) for n in net.nodes)
     env = {"TOR_HOSTS": hosts, "INFLUX_URL": victoria.url, "INFLUX_ORGANIZATION": "o",
-           "INFLUX_BUCKET": "b", "INFLUX_TOKEN": "t", "RUN_EVERY_SECONDS": str(PERIOD),
+           "INFLUX_BUCKET": "b", "INFLUX_TOKEN": "tornet-token-not-in-logs", "RUN_EVERY_SECONDS": str(PERIOD),
            "TOR_TIMEOUT": str(TOR_TIMEOUT), "VERBOSE": "true", "HEALTHCHECK_FILE": str(tmp_path / "health")}
     return Daemon(env).start()
 

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from support import Tor, VictoriaMetrics
+from tornet import tornet, tornet_on_loopback  # noqa: F401  (fixtures: one network for every module)
 
 
 

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import stop_process  # noqa: E402  (the test suite's: SIGTERM by pid, SIGKILL if it lingers)
 
 FAKE_TOR = HERE / "fake_tor.py"
-METRICS_BODY = HERE / "data" / "metrics-exit-0.4.9.11.prom"
+METRICS_BODY = ROOT / "tests" / "data" / "metricsport" / "relay-exit-lead-capture.prom"
 DEFAULT_DAEMON = ROOT / "tor_to_influxdb2.py"
 DEFAULT_PYTHON = sys.executable
 CYCLE_RE = re.compile(r"cycle (\d+) done in ([\d.]+) s: (\d+)/(\d+) hosts ok(?:, (\d+) points)?")
@@ -916,7 +916,7 @@ def main(argv=None) -> int:
                    help="everything: --metric-sets core,all --quickack --startup-size 5000 --no-miss-size 10000 "
                         "--deployment, --repeat 3")
     p.add_argument("--metricsport", action="store_true",
-                   help="fake MetricsPorts too (bench/data/metrics-exit-0.4.9.11.prom), given to the daemon as "
+                   help="fake MetricsPorts too (tests/data/metricsport/relay-exit-lead-capture.prom), given to the daemon as "
                         "TOR_METRICS_PORTS=NAME=127.0.0.1:PORT,...")
     p.add_argument("--metrics-body", default=str(METRICS_BODY), help="Prometheus text the fake MetricsPorts serve")
     p.add_argument("--metrics-latency-ms", type=float, default=None, help="MetricsPort latency (default: --latency-ms)")

@@ -8,6 +8,7 @@ import pytest
 
 import leakcheck
 from support import ROOT, Tor, VictoriaMetrics, run_daemon
+from tornet import tornet, tornet_on_loopback  # noqa: F401  (fixtures: one network for every module)
 
 
 def pytest_configure(config):

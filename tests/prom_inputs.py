@@ -2,7 +2,7 @@
 
 Control-port samples are derived from the source's own SCHEMA (every measurement, field, type and
 tag it declares, for the node kinds that write it); MetricsPort samples from a page a real tor
-0.4.9.11 exit relay of the private test network served (tests/data/metricsport-exit-0.4.9.11.prom),
+0.4.9.11 exit relay of the private test network served (tests/data/metricsport/relay-exit-lead-capture.prom),
 turned into samples the way the MetricsPort source does: measurement = tor's family name, tags =
 tor's labels + host/service/version, one field ``counter`` or ``gauge``.
 """
@@ -19,7 +19,7 @@ from tor2influxdb2.model import Sample, TorStatus, make_tags
 from tor2influxdb2.sources.control.metricsets import FLAGS, SCHEMA
 
 DATA = Path(__file__).resolve().parent / "data"
-METRICSPORT_PAGE = DATA / "metricsport-exit-0.4.9.11.prom"
+METRICSPORT_PAGE = DATA / "metricsport" / "relay-exit-lead-capture.prom"
 TYPE_RE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
 
 

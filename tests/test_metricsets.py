@@ -95,24 +95,39 @@ def test_accounting_with_accountingmax(make_tor):
     assert acct["interval_end"] > time.time()
 
 
+def commands_of_three_polls(tor) -> list[str]:
+    proxy = RecordingProxy(tor.port)
+    try:
+        poller = Poller([TorHost("t", "127.0.0.1", proxy.port)], timeout=5, period=6, plan=ALL)
+        try:
+            for _ in range(3):
+                assert poller.poll_all(threading.Event())[0].ok
+        finally:
+            poller.close()
+        return [c.split()[0] for c in proxy.commands()]
+    finally:
+        proxy.close()
+
+
+SETUP = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
+
+
 def test_round_trips_one_getinfo_for_a_client_pipelined_questions_for_a_relay(make_tor):
+    """A client: one GETINFO a poll. A relay that is not in the consensus (DisableNetwork): the
+    reachability GETINFO, GETCONF and its ns/id entry at every poll, so that the poll after its
+    first consensus shows it listed."""
     client = make_tor(auth="none")
     relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
-    for tor, per_poll in ((client, ["GETINFO"]), (relay, ["GETINFO", "GETINFO", "GETCONF"])):
-        proxy = RecordingProxy(tor.port)
-        try:
-            poller = Poller([TorHost("t", "127.0.0.1", proxy.port)], timeout=5, period=6, plan=ALL)
-            try:
-                for _ in range(3):
-                    assert poller.poll_all(threading.Event())[0].ok
-            finally:
-                poller.close()
-            commands = [c.split()[0] for c in proxy.commands()]
-        finally:
-            proxy.close()
-        setup = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
-        ns = ["GETINFO"] if tor is relay else []  # ns/id/<fp>, at most every 5 minutes: once here
-        assert commands == setup + per_poll + ns + per_poll * 2, commands
+    assert commands_of_three_polls(client) == SETUP + ["GETINFO"] * 3
+    assert commands_of_three_polls(relay) == SETUP + ["GETINFO", "GETINFO", "GETCONF", "GETINFO"] * 3
+
+
+def test_a_listed_relays_consensus_entry_is_asked_once_per_refresh(make_tor, monkeypatch):
+    import tor2influxdb2.sources.control.session as session
+    monkeypatch.setattr(session, "parse_ns", lambda text: (True, 20, frozenset({"Running", "Valid"})))
+    relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    per_poll = ["GETINFO", "GETINFO", "GETCONF"]
+    assert commands_of_three_polls(relay) == SETUP + per_poll + ["GETINFO"] + per_poll * 2  # NS_REFRESH: 300 s
 
 
 def test_core_alone_still_arrives_when_an_optional_key_fails(make_tor, monkeypatch):

@@ -3,17 +3,18 @@
 A path may be a link planted by another user, pointing at a file of yours (or root's) that the
 daemon would then replace. So links are followed one at a time, and only links owned by root
 or by the daemon's own user, sitting in a directory no other user can write to (the image's
-/healthcheck -> /tmp/healthcheck is such a link). No directory on the way may sit in a directory
-other users can write to (without the sticky bit): they could swap it for a link at any time
-after the start. The final file is replaced atomically by a rename, which never follows a link;
-it must be a regular file if it exists.
+/healthcheck -> /tmp/healthcheck is such a link). The directory of a file is checked (owned by
+root or this user, no other user can swap entries in it) and then held open: every later write
+goes through that descriptor, so a directory on the way that another user renames away and
+replaces by a link after the start (a Kubernetes emptyDir is mode 0777 without the sticky bit)
+never redirects a write. The final file is replaced atomically by a rename, which never follows
+a link; it must be a regular file if it exists.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 
 class UnsafePath(Exception):
@@ -43,8 +44,6 @@ def resolve(path: str, what: str) -> str:
     while parts:
         part = parts.pop(0)
         candidate = os.path.join(current, part)
-        if parts:  # a directory on the way: whoever can write to its parent can swap it for a link
-            _check_parent(current, candidate, what)
         try:
             info = os.lstat(candidate)
         except FileNotFoundError:
@@ -74,17 +73,6 @@ def resolve(path: str, what: str) -> str:
     return current
 
 
-def _check_parent(directory: str, entry: str, what: str) -> None:
-    try:
-        info = os.lstat(directory)
-    except OSError as exc:
-        raise UnsafePath(f"{what}: cannot look at {directory}: {exc.strerror}") from None
-    if _others_can_write(info):
-        raise UnsafePath(f"{what}: {entry} is in {directory}, which other users can write to (mode "
-                         f"{stat.S_IMODE(info.st_mode):o}, no sticky bit): another user could swap it for a link; "
-                         "choose a path whose directories only you (or root) can write to")
-
-
 def check_directory(directory: str, what: str) -> None:
     """UnsafePath unless `directory` is owned by root or this user, and others cannot swap files in it
     (a sticky /tmp is fine: others' entries there cannot be replaced by them, nor ours)."""
@@ -92,6 +80,10 @@ def check_directory(directory: str, what: str) -> None:
         info = os.stat(directory)
     except OSError as exc:
         raise UnsafePath(f"{what}: cannot use the directory {directory}: {exc.strerror}") from None
+    _check_directory_info(info, directory, what)
+
+
+def _check_directory_info(info: os.stat_result, directory: str, what: str) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePath(f"{what}: {directory} is not a directory")
     if not trusted_owner(info.st_uid) and _others_can_write(info):
@@ -102,24 +94,40 @@ def check_directory(directory: str, what: str) -> None:
                          f"{stat.S_IMODE(info.st_mode):o}, no sticky bit): choose a directory only you can write to")
 
 
-def write_atomic(path: str, content: str, mode: int = 0o644) -> None:
-    """Replace the regular file `path` (already resolved) by one holding `content`, atomically."""
-    directory = os.path.dirname(path) or "."
+def open_directory(directory: str, what: str) -> int:
+    """A descriptor of `directory` (already resolved: no link at its end), checked like
+    check_directory on what was opened, not on what the name points to later."""
     try:
-        info = os.lstat(path)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafePath(f"{what}: cannot use the directory {directory}: {exc.strerror}") from None
+    try:
+        _check_directory_info(os.fstat(fd), directory, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_atomic_at(dir_fd: int, name: str, content: str, mode: int = 0o644) -> None:
+    """Replace the regular file `name` of the open directory `dir_fd` by one holding `content`,
+    atomically (a temporary file beside it, renamed over it). Never follows a link."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{path} exists and is not a regular file")
+            raise OSError(f"{name} exists and is not a regular file")
     except FileNotFoundError:
         pass
-    fd, tmp = tempfile.mkstemp(prefix=".t2i-", dir=directory)
+    tmp = f".t2i-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
         raise

@@ -3,17 +3,19 @@
 `OK <unix time>` when healthy, `FAILED <unix time> <reason>` otherwise. The failed form never
 contains the letters OK (old containers run `grep OK /healthcheck`). The reason is masked like
 every other output. The path is resolved once at start, following only trusted links
-(:mod:`tor2influxdb2.files`), and every write replaces the file atomically.
+(:mod:`tor2influxdb2.files`); its directory is checked and held open, and every write replaces
+the file atomically inside that directory, wherever its name points later.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable
 
-from .files import check_directory, resolve, write_atomic
+from .files import open_directory, resolve, write_atomic_at
 from .redact import REDACTOR
 
 LOG = logging.getLogger("tor2influxdb2")
@@ -22,10 +24,10 @@ MAX_REASON = 500
 
 class HealthFile:
     def __init__(self, path: str, clock: Callable[[], float] = time.time):
-        import os
         self.path, self.clock = path, clock
         self.target = resolve(path, "HEALTHCHECK_FILE")  # files.UnsafePath when it is not safe
-        check_directory(os.path.dirname(self.target) or ".", "HEALTHCHECK_FILE")
+        directory, self._name = os.path.split(self.target)
+        self._dir_fd = open_directory(directory or ".", "HEALTHCHECK_FILE")
         self._lock = threading.Lock()
         self.last_ok: bool | None = None
 
@@ -40,7 +42,7 @@ class HealthFile:
                 text = text[:MAX_REASON - 3] + "..."
             content = f"FAILED {now} {text}\n"
         with self._lock:
-            write_atomic(self.target, content)
+            write_atomic_at(self._dir_fd, self._name, content)
             self.last_ok = ok
 
 

@@ -29,6 +29,7 @@ import threading
 import zlib
 
 from ..errors import BufferLocked, BufferUnusable
+from ..files import UnsafePath, check_directory, resolve
 from ..redact import clip
 
 LOG = logging.getLogger("tor2influxdb2")
@@ -490,8 +491,13 @@ class FallbackBuffer:
             disk.close()
             self.disk = None
             try:
-                os.makedirs(disk.directory, exist_ok=True)
-                new = SqliteBuffer(disk.directory, disk.max_points)
+                try:  # its directory may have been swapped for a link: the same checks as at start
+                    directory = resolve(disk.directory, "BUFFER_DIR")
+                    os.makedirs(directory, exist_ok=True)
+                    check_directory(directory, "BUFFER_DIR")
+                except UnsafePath as exc:
+                    raise BufferUnusable(str(exc)) from None
+                new = SqliteBuffer(directory, disk.max_points)
                 new.append(lines, times)
                 self.disk = new
                 LOG.error("buffer: %s was deleted or replaced while running; recreated it with the %d points "
@@ -507,9 +513,9 @@ class FallbackBuffer:
             disk = SqliteBuffer(self.retry_dir, self.max_points)
         except (OSError, sqlite3.Error) as exc:
             if not disk_full(exc):
-                self.retry_dir = None
                 self.degraded = (f"buffer: BUFFER_DIR {self.retry_dir} cannot be used ({clip(exc, 80)}); "
                                  "keeping points in memory")
+                self.retry_dir = None
                 LOG.error("%s", self.degraded)
             return
         except BufferUnusable as exc:
@@ -544,7 +550,6 @@ def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> Fallb
     """The buffer the daemon uses. BufferUnusable (another daemon holds the directory) and
     files.UnsafePath propagate: they are configuration errors. A directory that cannot be written
     means memory only, with one warning; a foreign or corrupt file means memory and unhealthy."""
-    from ..files import check_directory, resolve
     memory = MemoryBuffer(max_points, max_bytes)
     if not directory:
         return FallbackBuffer(None, memory)

@@ -9,7 +9,8 @@ service, version) and the time the tor answered. What is asked, per poll:
   others (a 552 for a key an older tor does not know drops that key, once);
 * for relays and bridges (``relay`` set), pipelined in the same round trip: one ``GETINFO`` of
   the reachability keys, one ``GETCONF`` of the bandwidth options, and every
-  :data:`NS_REFRESH` seconds ``GETINFO ns/id/<fingerprint>`` (the consensus changes hourly).
+  :data:`NS_REFRESH` seconds ``GETINFO ns/id/<fingerprint>`` (the consensus changes hourly), at
+  every poll while the relay is not listed;
 
 The node's kind (relay, bridge or client) is learnt once per connection, with ``GETINFO
 fingerprint`` (551 on a client) and ``GETCONF BridgeRelay``, only when a set needs it.

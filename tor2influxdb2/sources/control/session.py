@@ -337,7 +337,10 @@ class ControlSession(LoopSession):
             cached = self._questions = (key, data, tuple(handler for _, handler in commands))
         data, handlers = cached[1], cached[2]
         self.pending.extend(handlers)
-        if self.kind == "relay" and "relay" in self.plan.sets and time.monotonic() - self.ns_at >= NS_REFRESH:
+        # ns/id: every NS_REFRESH seconds while listed, at every poll while not (a new relay's first
+        # consensus shows at the next poll, not minutes later)
+        if self.kind == "relay" and "relay" in self.plan.sets and (
+                not (self.ns and self.ns[0]) or time.monotonic() - self.ns_at >= NS_REFRESH):
             self.pending.append(self._on_ns)
             data += f"GETINFO ns/id/{self.fingerprint}\r\n".encode()
         self._send_bytes(data)

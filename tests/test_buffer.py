@@ -232,3 +232,171 @@ def test_a_full_disk_degrades_to_memory_and_recovers_without_losing_a_point(tiny
     assert "writing to" in caplog.text and "again" in caplog.text
     assert sorted(drain(buffer), key=lambda l: int(l.rsplit(" ", 1)[1])) == sent
     buffer.close()
+
+
+class Recorder:
+    """An InfluxDB that accepts everything; `during` runs inside the first write (another thread's doing)."""
+
+    def __init__(self, during=None):
+        self.sent, self.during = [], during
+
+    def write(self, new, timeout=None):
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+        self.sent += new
+
+
+def hold_write_lock(buffer):
+    """Another program holding a write transaction on the buffer file; our writes fail at once."""
+    buffer.disk._db.execute("PRAGMA busy_timeout = 0")  # not the 5 s default: the test waits for nothing
+    other = sqlite3.connect(buffer.disk.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+@pytest.mark.parametrize("failing", ["writing to", "reading", "deleting from"])
+def test_a_disk_that_failed_once_is_healthy_again_when_it_works(failing, tmp_path, caplog, monkeypatch):
+    buffer = open_buffer(str(tmp_path / "buf"), 1000, 1 << 20)
+    buffer.append(lines(5), stamps(lines(5)))
+    d = Delivery(Recorder(), buffer, None)
+    with caplog.at_level(logging.INFO, logger="tor2influxdb2"):
+        if failing == "writing to":
+            other = hold_write_lock(buffer)
+            buffer.append(lines(3, 5), stamps(lines(3, 5)))   # locked: to memory
+            assert len(buffer.memory) == 3
+            other.execute("COMMIT")
+            while d.deliver_once():   # InfluxDB takes the disk's points, then memory's: none waits in memory
+                pass
+            assert len(buffer.memory) == 0 and "keeping points in memory" in buffer.degraded
+        elif failing == "reading":
+            real = buffer.disk.head
+
+            def transient(limit):
+                monkeypatch.setattr(buffer.disk, "head", real)
+                raise sqlite3.OperationalError("disk I/O error")
+            monkeypatch.setattr(buffer.disk, "head", transient)
+            assert not d.deliver_once()
+        else:
+            other = hold_write_lock(buffer)
+            assert d.deliver_once()   # delivered, but its rows cannot be deleted: never sent again
+            assert len(buffer) == 0
+            other.execute("COMMIT")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and errors[0].startswith(f"buffer: {failing} {buffer.disk.path} failed (")
+        assert buffer.degraded and buffer.degraded in errors[0]
+        if failing != "writing to":  # nothing moved to memory, and the health reason does not say so
+            assert "memory" not in buffer.degraded and len(buffer.memory) == 0
+        caplog.clear()
+        buffer.append(lines(2, 8), stamps(lines(2, 8)))
+        while d.deliver_once():
+            pass
+    assert buffer.degraded is None and buffer.durable
+    assert [r.getMessage() for r in caplog.records] == [f"buffer: {buffer.disk.path} works again"]
+    assert sorted(d.writer.sent) == sorted(lines(5) + (lines(3, 5) if failing == "writing to" else []) + lines(2, 8))
+    assert len(buffer) == 0
+    buffer.close()
+
+
+def test_a_batch_of_a_disk_replaced_while_it_was_sent_removes_nothing_else(tmp_path, caplog):
+    """The main thread's check() recreates the deleted buffer file while delivery sends a batch taken
+    from the old one: that batch's ids (1, 2) must not remove memory's points 1 and 2."""
+    directory = tmp_path / "buf"
+    buffer = open_buffer(str(directory), 1000, 1 << 20)
+    buffer.append(lines(5), stamps(lines(5)))
+    other = hold_write_lock(buffer)
+    buffer.append(lines(3, 100), stamps(lines(3, 100)))  # the disk is locked: memory ids 1..3
+    other.close()
+    assert len(buffer.memory) == 3
+
+    def delete_and_check():
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        os.rmdir(directory)
+        buffer.check()
+    d = Delivery(Recorder(during=delete_and_check), buffer, None, batch_lines=2)
+    with caplog.at_level(logging.ERROR, logger="tor2influxdb2"):
+        assert d.deliver_once()
+    assert "recreated it with the 5 points still waiting" in caplog.text
+    assert len(buffer) == 8  # the 5 moved to the new file (lines 0 and 1 again) and memory's 3
+    while d.deliver_once():
+        pass
+    assert d.writer.sent == lines(2) + lines(5) + lines(3, 100)  # at least once, none lost
+    buffer.close()
+
+
+@pytest.fixture
+def read_only():
+    """read_only(path): a file or directory this process cannot write (a read-only bind mount as
+    root, for whom permissions are no obstacle; its mode otherwise), undone after the test."""
+    undo = []
+
+    def make(path):
+        if os.geteuid() == 0:
+            for args in (["--bind", str(path), str(path)], ["-o", "remount,bind,ro", str(path)]):
+                r = subprocess.run(["mount", *args], capture_output=True)
+                if r.returncode != 0:
+                    pytest.skip(f"cannot bind-mount read-only here: {r.stderr.decode().strip()}")
+                if args[0] == "--bind":
+                    undo.append(lambda: subprocess.run(["umount", "-l", str(path)], check=False))
+        else:
+            mode = os.stat(path).st_mode & 0o777
+            os.chmod(path, 0o555 if os.path.isdir(path) else 0o444)
+            undo.append(lambda: os.chmod(path, mode))
+    yield make
+    for step in reversed(undo):
+        step()
+
+
+def malformed(path):
+    """A real buffer whose pages were overwritten (SQLITE_CORRUPT, not SQLITE_NOTADB)."""
+    b = SqliteBuffer(str(path), 10_000)
+    b.append([f"x n={i}i {i}" for i in range(3000)], list(range(3000)))
+    b.close()
+    data = bytearray((path / "buffer.sqlite3").read_bytes())
+    for offset in range(4096, len(data), 4096):
+        data[offset:offset + 200] = b"\xff" * 200
+    (path / "buffer.sqlite3").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", ["garbage", "malformed", "read-only file", "read-only directory"])
+def test_a_buffer_file_is_called_corrupt_only_when_it_is(case, tmp_path, caplog, read_only):
+    """SQLite's "attempt to write a readonly database" is a DatabaseError too: by its code it is a
+    directory that cannot be written (one warning, healthy), not a corrupt file (unhealthy)."""
+    directory = tmp_path / "buf"
+    directory.mkdir(mode=0o700)
+    if case == "garbage":
+        (directory / "buffer.sqlite3").write_bytes(b"this is not a database" * 100)
+    elif case == "malformed":
+        malformed(directory)
+    else:
+        SqliteBuffer(str(directory), 100).close()
+        read_only(directory / "buffer.sqlite3" if case == "read-only file" else directory)
+    before = (directory / "buffer.sqlite3").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="tor2influxdb2"):
+        buffer = open_buffer(str(directory), 100, 1 << 20)
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert buffer.disk is None and len(logged) == 1
+    if case in ("garbage", "malformed"):
+        assert logged[0][0] == "ERROR" and "is corrupt or not a database" in buffer.degraded
+    else:
+        assert buffer.degraded is None
+        assert logged[0][0] == "WARNING" and f"BUFFER_DIR {directory} is not writable (" in logged[0][1]
+        assert "keeping points in memory only" in logged[0][1]
+    buffer.append(lines(3), stamps(lines(3)))
+    assert drain(buffer) == lines(3)
+    assert (directory / "buffer.sqlite3").read_bytes() == before
+    buffer.close()
+
+
+def test_memory_buffer_stays_within_its_bound_in_bytes_when_it_trims_part_of_a_chunk():
+    bound = 1 << 20
+    buffer = MemoryBuffer(30_000, bound)
+    sent, dropped = [], 0
+    for size in (20_000, 20_000, 7_000, 13_000, 1, 20_000, 29_999, 5_000, 3, 30_000, 2):
+        new = lines(size, start=len(sent))
+        sent += new
+        dropped += buffer.append(new, stamps(new))
+        assert buffer.memory_bytes <= bound, (size, buffer.memory_bytes)
+        assert len(buffer) + dropped == len(sent) and len(buffer) <= 30_000
+    assert drain(buffer) == sent[dropped:]

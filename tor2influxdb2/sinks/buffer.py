@@ -114,10 +114,12 @@ class MemoryBuffer:
             head = self._chunks[0]
             excess = self._count - self.max_points
             if self._bytes <= self.max_bytes and 0 < excess < len(head):
-                lines = head.get_lines()[excess:]
-                self._replace_head(_Chunk(list(head.ids)[excess:], lines, head.oldest))
+                rest = _Chunk(head.ids[excess:], head.get_lines()[excess:], head.oldest)
+                if self._bytes + rest.size - head.size > self.max_bytes:
+                    rest.compress()  # uncompressed, what is left of a compressed head may not fit the bound
+                self._replace_head(rest)
                 dropped += excess
-                break
+                continue  # still past the bound in bytes (rarely): the oldest whole chunks go
             self._chunks.popleft()
             self._count -= len(head)
             self._bytes -= head.size
@@ -393,14 +395,16 @@ class SqliteBuffer:
 class FallbackBuffer:
     """The daemon's buffer: SQLite when usable, memory for what the disk cannot take.
 
-    ``degraded`` is None when all is well, else a short reason for the health file (points are
-    then only in memory, or the disk buffer had to be recreated)."""
+    ``degraded`` is None when all is well, else a short reason for the health file (points only
+    in memory, the buffer file corrupt or foreign, or the disk failing). A disk failure clears once
+    each failed operation worked again and nothing waits in memory."""
 
     def __init__(self, disk: SqliteBuffer | None, memory: MemoryBuffer, degraded: str | None = None,
                  retry_dir: str | None = None):
         self.disk, self.memory, self.degraded = disk, memory, degraded
         self.retry_dir = retry_dir  # BUFFER_DIR was full at start: try it again at every check()
         self.max_points = memory.max_points
+        self._failing: dict[str, str] = {}  # disk operation -> its reason, while it fails
         self._lock = threading.RLock()
 
     @property
@@ -408,14 +412,35 @@ class FallbackBuffer:
         return self.disk is not None and not len(self.memory)
 
     def _disk_failed(self, exc: BaseException, doing: str) -> None:
-        reason = f"buffer: {doing} {self.disk.path} failed ({clip(exc, 80)}); keeping points in memory"
-        if self.degraded != reason:
-            LOG.error("%s until the disk works again", reason)
-        self.degraded = reason
+        """One error line per kind of operation that starts failing (not one per cycle)."""
+        reason = f"buffer: {doing} {self.disk.path} failed ({clip(exc, 80)})"
+        until = ""
+        if doing == "writing to":  # the lines went to memory
+            reason, until = f"{reason}; keeping points in memory", " until the disk works again"
+        elif doing == "reading":  # nothing moved: delivery tries again
+            reason += "; its points stay there"
+        else:  # the batch was delivered: at worst InfluxDB gets it again (and keeps one copy)
+            reason += "; delivered points may be sent again"
+        if doing not in self._failing:
+            LOG.error("%s%s", reason, until)
+        self._failing[doing] = self.degraded = reason
+
+    def _disk_ok(self, doing: str, say: bool = True) -> None:
+        """`doing` worked on the disk: healthy again once nothing fails and nothing waits in memory."""
+        if doing not in self._failing or len(self.memory):  # points in memory: not healthy yet
+            return
+        del self._failing[doing]
+        if self._failing:
+            self.degraded = next(reversed(self._failing.values()))
+        else:
+            self.degraded = None
+            if say:
+                LOG.info("buffer: %s works again", self.disk.path)
 
     def append(self, lines: list[str], collected_ms: list[int]) -> int:
         with self._lock:
             if self.disk is not None:
+                moved = None
                 try:
                     if len(self.memory):  # the disk failed before: move what waits in memory back first
                         old_lines, old_times = self.memory.take_all()
@@ -424,12 +449,15 @@ class FallbackBuffer:
                         except BaseException:
                             self.memory.append(old_lines, old_times)
                             raise
-                        LOG.info("buffer: writing to %s again (%d points moved from memory)", self.disk.path,
-                                 len(old_lines))
-                        self.degraded = None
-                    return self.disk.append(lines, collected_ms)
+                        moved = len(old_lines)
+                    dropped = self.disk.append(lines, collected_ms)
                 except sqlite3.Error as exc:
                     self._disk_failed(exc, "writing to")
+                else:
+                    if moved is not None:
+                        LOG.info("buffer: writing to %s again (%d points moved from memory)", self.disk.path, moved)
+                    self._disk_ok("writing to", say=moved is None)
+                    return dropped
             return self.memory.append(lines, collected_ms)
 
     def head(self, limit: int) -> Batch | None:
@@ -437,6 +465,7 @@ class FallbackBuffer:
             if self.disk is not None:
                 try:
                     batch = self.disk.head(limit)
+                    self._disk_ok("reading")
                     if batch is not None:
                         return batch
                 except sqlite3.Error as exc:
@@ -444,14 +473,20 @@ class FallbackBuffer:
             return self.memory.head(limit)
 
     def remove(self, batch: Batch) -> None:
+        """Remove a delivered batch from the buffer it came from. A batch of a disk no longer in
+        use (check() replaced it while the batch was being sent) is ignored: its ids mean nothing
+        elsewhere (the ids of memory and of every disk start at 1), and its points were all moved
+        from the old disk to the new one or to memory, so they are sent again: at least once."""
         with self._lock:
-            if batch.source is self.disk and self.disk is not None:
+            if batch.source is self.memory:
+                self.memory.remove(batch.ids)
+            elif batch.source is self.disk and self.disk is not None:
                 try:
                     self.disk.remove(batch.ids)
                 except sqlite3.Error as exc:
                     self._disk_failed(exc, "deleting from")
-            else:
-                self.memory.remove(batch.ids)
+                else:
+                    self._disk_ok("deleting from")
 
     def __len__(self) -> int:
         with self._lock:
@@ -547,9 +582,12 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> FallbackBuffer:
-    """The buffer the daemon uses. BufferUnusable (another daemon holds the directory) and
-    files.UnsafePath propagate: they are configuration errors. A directory that cannot be written
-    means memory only, with one warning; a foreign or corrupt file means memory and unhealthy."""
+    """The buffer the daemon uses. BufferLocked (another daemon holds the directory) and
+    files.UnsafePath (BUFFER_DIR or a link to it that others could swap) propagate: they are
+    configuration errors. A directory or file that cannot be written (or is locked by another
+    program) means memory only, with one warning; a file that is foreign, corrupt or not a regular
+    file (the other BufferUnusable) means memory and unhealthy; a full disk means memory and
+    unhealthy until it has room."""
     memory = MemoryBuffer(max_points, max_bytes)
     if not directory:
         return FallbackBuffer(None, memory)
@@ -580,7 +618,9 @@ def open_buffer(directory: str | None, max_points: int, max_bytes: int) -> Fallb
 
 
 def _unusable(exc: BaseException, real: str, directory: str, memory: MemoryBuffer) -> FallbackBuffer:
-    if isinstance(exc, sqlite3.DatabaseError):
+    # by SQLite's code, not the class: "unable to open database file", "attempt to write a readonly
+    # database" and "database is locked" are DatabaseErrors too, and mean a file it may not write
+    if ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
         message = f"buffer: {os.path.join(real, SqliteBuffer.FILE_NAME)} is corrupt or not a database " \
                   f"({clip(exc, 60)}): left untouched, keeping points in memory"
         LOG.error("%s", message)

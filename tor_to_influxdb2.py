@@ -5,7 +5,8 @@ The entry point the image and the original's users run: arguments, signals, exit
 The daemon itself is the package tor2influxdb2 (see its __init__ for the layout).
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT, SIGHUP) or when -t polled every tor,
-1 when -t could not poll a tor, 2 for a configuration problem (every one listed on stderr).
+1 when -t could not poll a tor, 2 for a configuration problem (every one listed on stderr),
+70 for an internal error (a bug: one masked line on stderr, where it happened, never a traceback).
 """
 
 from __future__ import annotations
@@ -146,7 +147,27 @@ def main(argv: list[str] | None = None, env=None) -> int:
     return status
 
 
+def describe_bug(exc: BaseException) -> str:
+    """One masked line for an exception nobody expected: its type, message and innermost frame."""
+    import traceback
+    from tor2influxdb2.redact import mask
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return mask(f"internal error (a bug, please report it): {type(exc).__name__}: {exc}{where}")
+
+
+def on_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    try:
+        print(f"thread {name}: {describe_bug(args.exc_value)}", file=sys.stderr, flush=True)
+    except Exception:  # noqa: BLE001 - stderr closed: nothing left to tell
+        pass
+
+
 def entry() -> int:
+    threading.excepthook = on_thread_exception  # never Python's traceback, which the mask does not see
     try:
         return main()
     except BrokenPipeError:  # stdout closed by its reader (| head, a stopped Telegraf)
@@ -157,6 +178,12 @@ def entry() -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug must not print a traceback that may hold a secret
+        try:
+            print(describe_bug(exc), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001
+            pass
+        return 70
 
 
 def leave(status: int) -> None:

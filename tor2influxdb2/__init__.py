@@ -1,7 +1,9 @@
 """tor2influxdb2: poll the control ports (and MetricsPorts) of Tor daemons and write their
 statistics to InfluxDB 2, Prometheus or line protocol on stdout.
 
-The package is split by role; imports point one way (lower rows never import higher ones):
+The package is split by role. Imports point one way: the daemon knows sources and sinks, which
+never import each other; ``settings`` (above both) validates their options with their parsers;
+everything may use the last row.
 
 =====================  =====================================================================
 ``daemon``             the schedule, the daemon's run, ``-t``, ``--schema``: the only module that
@@ -12,8 +14,10 @@ The package is split by role; imports point one way (lower rows never import hig
 ``sinks.*``            line protocol, the buffer, delivery to InfluxDB, stdout, Prometheus, ``-t``
 ``health``, ``logs``   the health file and its watchdog; logging through the redaction step
 ``settings``           every environment variable, validated, all problems reported at once
-``targets``            TOR_HOSTS and TOR_METRICS_PORTS entries, shards
-``model``, ``errors``, ``redact``   the neutral sample model, typed failures, secret masking
+``targets``            TOR_HOSTS entries, tag values, shards (``sources.metricsport.address``
+                       parses TOR_METRICS_PORTS)
+``model``, ``errors``, ``redact``, ``files``   the neutral sample model, typed failures, secret
+                       masking, files written safely
 =====================  =====================================================================
 """
 

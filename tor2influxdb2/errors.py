@@ -24,8 +24,8 @@ from .redact import clip
 
 
 class Reason(enum.Enum):
-    """Why something failed. ``back_off`` tells the poller to wait before the next try;
-    ``transient`` tells delivery to retry soon; the rest of delivery's reasons are
+    """Why something failed. ``back_off`` tells the poller to wait before the next try. Delivery
+    retries HTTP_TRANSIENT with backoff; its other reasons (``sinks.influx.CONFIG_REASONS``) are
     configuration problems that keep the points and make the daemon unhealthy."""
 
     # -- polling a tor
@@ -56,15 +56,9 @@ class Reason(enum.Enum):
     def back_off(self) -> bool:
         return self in _BACK_OFF
 
-    @property
-    def transient(self) -> bool:
-        return self in _TRANSIENT
-
 
 _BACK_OFF = frozenset({Reason.TIMEOUT, Reason.AUTH, Reason.PROTOCOL, Reason.TOO_LARGE, Reason.TOR_ERROR,
                        Reason.INTERNAL})
-_TRANSIENT = frozenset({Reason.TIMEOUT, Reason.REFUSED, Reason.CLOSED, Reason.UNREACHABLE, Reason.RESOLVE,
-                        Reason.HTTP_TRANSIENT})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

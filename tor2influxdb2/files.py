@@ -3,12 +3,14 @@
 A path may be a link planted by another user, pointing at a file of yours (or root's) that the
 daemon would then replace. So links are followed one at a time, and only links owned by root
 or by the daemon's own user, sitting in a directory no other user can write to (the image's
-/healthcheck -> /tmp/healthcheck is such a link). The directory of a file is checked (owned by
-root or this user, no other user can swap entries in it) and then held open: every later write
-goes through that descriptor, so a directory on the way that another user renames away and
-replaces by a link after the start (a Kubernetes emptyDir is mode 0777 without the sticky bit)
-never redirects a write. The final file is replaced atomically by a rename, which never follows
-a link; it must be a regular file if it exists.
+/healthcheck -> /tmp/healthcheck is such a link). A directory written to is checked: owned by
+root or this user, and no other user can swap entries in it. The health file's directory is then
+held open (:func:`open_directory`) and every later write goes through that descriptor
+(:func:`write_atomic_at`), so a directory on the way that another user renames away and replaces
+by a link after the start (a Kubernetes emptyDir is mode 0777 without the sticky bit) never
+redirects a write. The buffer's SQLite file is opened once by path; it is recreated only after
+the same checks on its resolved directory. The health file is replaced atomically by a rename,
+which never follows a link; it must be a regular file if it exists.
 """
 
 from __future__ import annotations

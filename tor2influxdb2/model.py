@@ -13,9 +13,6 @@ from typing import Iterable, Mapping, NamedTuple, Union
 #: A field value. bool is tested before int everywhere (bool is a subclass of int).
 FieldValue = Union[bool, int, float, str]
 
-#: Field types as InfluxDB names them; a field's type never changes (an int never becomes a float).
-FIELD_TYPES = ("integer", "float", "boolean", "string")
-
 
 class Sample(NamedTuple):
     """One measurement of one tor at one moment.

@@ -102,21 +102,6 @@ class Settings:
     all_tor_hosts: tuple[TorHost, ...] = ()  # every entry of TOR_HOSTS, also those of other replicas
     warnings: tuple[str, ...] = ()
 
-    @property
-    def test_mode(self) -> bool:
-        return self.mode == "test"
-
-    def secrets(self) -> list[str]:
-        """Every secret no output may show."""
-        found = [h.password for h in self.all_tor_hosts or self.tor_hosts if h.password]
-        if self.influx_token:
-            found.append(self.influx_token)
-        if self.influx_tls is not None and self.influx_tls.key_password:
-            found.append(self.influx_tls.key_password)
-        if self.influx_proxy is not None:
-            found += [x for x in (self.influx_proxy.url, self.influx_proxy.username, self.influx_proxy.password) if x]
-        return found
-
 
 class _Env:
     """The environment with the problem list; helpers append problems instead of raising."""
@@ -432,7 +417,7 @@ def _transport(e: _Env, url: str | None):
     proxy = None
     proxy_url = e.secret("INFLUX_PROXY", "INFLUX_PROXY_FILE", "proxy URL", ascii_only=True)
     if proxy_url:
-        proxy, problem = parse_proxy(proxy_url)
+        proxy, problem = parse_proxy(proxy_url, redactor=e.redactor)
         if problem:
             e.problem(problem)
     key_password = e.secret("", "INFLUX_CLIENT_KEY_PASSWORD_FILE", "key password", ascii_only=False)

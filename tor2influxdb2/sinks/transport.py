@@ -16,7 +16,7 @@ import ssl
 import urllib.parse
 
 from ..errors import Failure, Reason
-from ..redact import REDACTOR, clip
+from ..redact import REDACTOR, Redactor, clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,8 @@ def _netloc(host: str, port: int) -> str:
 DEFAULT_PORTS = {"socks5h": 1080, "http": 8080, "https": 443}
 
 
-def parse_proxy(url: str, variable: str = "INFLUX_PROXY") -> tuple[Proxy | None, str | None]:
+def parse_proxy(url: str, variable: str = "INFLUX_PROXY",
+                redactor: Redactor = REDACTOR) -> tuple[Proxy | None, str | None]:
     """(Proxy, None) or (None, problem). The URL is registered as a secret first: no message quotes it."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -108,7 +109,7 @@ def parse_proxy(url: str, variable: str = "INFLUX_PROXY") -> tuple[Proxy | None,
         port = parts.port
     except ValueError:
         return None, f"{variable}: not a valid URL (expected socks5h://[user:pass@]host:port)"
-    register_proxy_secrets(url, username, password)
+    register_proxy_secrets(url, username, password, redactor)
     scheme = parts.scheme.lower()
     if scheme in ("socks5", "socks4", "socks4a", "socks"):
         return None, (f"{variable}: {scheme}:// resolves host names locally: an .onion name cannot be resolved "
@@ -125,13 +126,14 @@ def parse_proxy(url: str, variable: str = "INFLUX_PROXY") -> tuple[Proxy | None,
     return Proxy(clean, scheme, parts.hostname, port, username, password), None
 
 
-def register_proxy_secrets(url: str, username: str | None, password: str | None) -> None:
-    REDACTOR.add(url, password)
+def register_proxy_secrets(url: str, username: str | None, password: str | None,
+                           redactor: Redactor = REDACTOR) -> None:
+    redactor.add(url, password)
     if username:
-        REDACTOR.add(username)
+        redactor.add(username)
         pair = f"{username}:{password or ''}"
-        REDACTOR.add(pair)
-        REDACTOR.add_form(base64.b64encode(pair.encode()).decode())
+        redactor.add(pair)
+        redactor.add_form(base64.b64encode(pair.encode()).decode())
 
 
 # tor's SOCKS5 reply codes (with the SocksPort's ExtendedErrors flag for 0xF0-0xF7): transient ones

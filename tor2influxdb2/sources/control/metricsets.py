@@ -29,7 +29,6 @@ from ...model import FieldSpec, MeasurementSpec
 SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
 DEFAULT_SETS = ("core",)
 COMMON_TAGS = ("host", "service", "version")
-KINDS = ("relay", "bridge", "client")
 NS_REFRESH = 300.0
 INT64_MAX = 2 ** 63 - 1
 
@@ -60,7 +59,6 @@ FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
 NICKNAME_RE = re.compile(r"^[A-Za-z0-9]{1,19}$")
 WORD_RE = re.compile(r"^[a-z][a-z0-9 _-]{0,31}$")  # "recommended", "none recommended", "new in series"
 PROGRESS_RE = re.compile(r"\bPROGRESS=(\d{1,3})\b")
-DIGITS_RE = re.compile(r"^[0-9]{1,19}$")
 
 
 # ------------------------------------------------------------------------------------ parsing

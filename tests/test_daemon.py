@@ -7,17 +7,21 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from influx_standin import InfluxStandin
-from support import Daemon, run_daemon, wait_for
-from tor2influxdb2.daemon import Schedule
-from tor2influxdb2.sinks.buffer import SqliteBuffer
+from support import Daemon, free_port, run_daemon, wait_for
+from tor2influxdb2.daemon import Schedule, daemon_samples, make_poller, run, schema
+from tor2influxdb2.redact import Redactor
+from tor2influxdb2.settings import config_from_env
+from tor2influxdb2.sinks.buffer import SqliteBuffer, open_buffer
 
 TOKEN = "sekret-token-42"
 
@@ -371,6 +375,49 @@ def test_the_daemons_own_figures(tmp_path, victoria, make_tor):
                       and s, 10, what="cycle points")
     assert {v for _, v in cycles} == {1}
     assert {v for _, v in victoria.samples("tor2influxdb2_cycle_tors", service="selfcheck")} == {2}
+
+
+def test_the_daemon_set_names_no_entry_whose_name_may_be_a_password():
+    """METRIC_SETS=daemon: a point per tor and cycle, also when its poll failed, but none for a
+    HOST:PORT:NAME entry whose tor never accepted the daemon; --schema says so."""
+    closed = free_port()
+    settings = config_from_env({"TOR_HOSTS": f"127.0.0.1:{closed}:maybe-a-password,127.0.0.1:{closed}::named",
+                                "METRIC_SETS": "core,daemon"}, mode="test", redactor=Redactor())
+    poller = make_poller(settings)
+    try:
+        results = poller.poll_all(threading.Event())
+    finally:
+        poller.close()
+    samples = daemon_samples(settings, results, poller, 0.1, 0, 0, 0)
+    assert [(s.measurement, dict(s.tags).get("host"), s.fields.get("up")) for s in samples] == [
+        ("tor2influxdb2", "named", 0), ("tor2influxdb2_cycle", None, None)]
+    [spec] = [m for m in schema()["measurements"] if m["measurement"] == "tor2influxdb2"]
+    assert spec["description"] == ("one point per tor and cycle, also when its poll failed; none for a HOST:PORT:NAME "
+                                   "entry before its tor first accepted the daemon (until then its name may be a "
+                                   "password)")
+
+
+def test_an_output_that_cannot_start_stops_the_others_at_once(tmp_path, caplog):
+    """PROMETHEUS_LISTEN on a port in use: exit status 2 with the reason, and the InfluxDB output started
+    before it stops too: its delivery thread ends and BUFFER_DIR is free for the next daemon at once."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = {"TOR_HOSTS": "127.0.0.1:1::t", "INFLUX_URL": f"http://127.0.0.1:{free_port()}",
+           "INFLUX_ORGANIZATION": "org", "INFLUX_BUCKET": "bucket", "INFLUX_TOKEN": TOKEN,
+           "BUFFER_DIR": str(tmp_path / "buffer"), "HEALTHCHECK_FILE": str(tmp_path / "health"),
+           "PROMETHEUS_LISTEN": f"127.0.0.1:{port}"}
+    settings = config_from_env(env, redactor=Redactor())
+    before = set(threading.enumerate())
+    try:
+        with caplog.at_level("ERROR", logger="tor2influxdb2"):
+            assert run(settings, threading.Event()) == 2
+    finally:
+        busy.close()
+    assert f"PROMETHEUS_LISTEN: cannot listen on 127.0.0.1:{port}" in caplog.text
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name == "delivery"] == []
+    open_buffer(str(tmp_path / "buffer"), 1000, 1024 * 1024).close()  # not "in use by another tor2influxdb2"
 
 
 def test_signals_as_docker_systemd_and_a_shell_send_them(tmp_path, victoria, make_tor):

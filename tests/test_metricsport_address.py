@@ -42,6 +42,12 @@ def test_host_header():
     ("127.0.0.1:0", "port"),
     ("127.0.0.1:65536", "port"),
     ("127.0.0.1:http", "port"),
+    ("127.0.0.1:" + "9" * 5000, "port is not a number from 1 to 65535"),  # beyond int()'s digit limit
+    ("127.0.0.1:²", "port is not a number from 1 to 65535"),
+    ("[::1]:" + "1" * 5000, "port is not a number from 1 to 65535"),
+    ("http://127.0.0.1:0/metrics", "port is not a number from 1 to 65535"),
+    ("http://127.0.0.1:" + "9" * 5000 + "/metrics", "port"),
+    ("unix:/run/" + "m" * 103, "longer than 107 bytes"),  # sun_path holds 108 bytes, NUL included
     ("::1:9035", "brackets"),
     ("[::1:9035", "no ']'"),
     ("[not-v6]:9035", "not an IPv6"),
@@ -94,6 +100,15 @@ def test_problems_name_the_entry_one_line_each():
             "no port", "expected NAME=ADDRESS", "empty")):
         assert problem.startswith(f"TOR_METRICS_PORTS entry {entry}: ") and words in problem, problem
         assert "\n" not in problem and "Traceback" not in problem
+
+
+def test_a_second_metricsport_for_a_tor_names_its_entry_not_its_name():
+    """In TOR_HOSTS' HOST:PORT:NAME form the name may be a password typed without its name."""
+    names = {"hunter2pw": "TOR_HOSTS entry 2"}
+    found, problems = parse_metrics_ports(split_pairs("hunter2pw=127.0.0.1:9035,hunter2pw=127.0.0.1:9036"), names)
+    assert list(found) == ["hunter2pw"] and found["hunter2pw"].port == 9035
+    assert problems == ["TOR_METRICS_PORTS entry 2: TOR_HOSTS entry 2 already has a MetricsPort "
+                        "(TOR_METRICS_PORTS entry 1)"]
 
 
 def test_families_default_all_names_and_patterns():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from support import free_port, wait_for
 from tor2influxdb2.errors import Reason
 from tor2influxdb2.model import make_tags
 from tor2influxdb2.poller import EventLoop
-from tor2influxdb2.sources.metricsport import DEFAULT_FAMILIES, MetricsSession, PageParser, parse_address
+from tor2influxdb2.sources.metricsport import (DEFAULT_FAMILIES, MetricsAddress, MetricsSession, PageParser,
+                                               parse_address)
 from tor2influxdb2.sources.metricsport.parse import ALL_SELECTION
-from tor2influxdb2.sources.metricsport.session import MAX_BODY
+from tor2influxdb2.sources.metricsport.session import MAX_BODY, MAX_HEADER
 from tornet import tornet  # noqa: F401  (the session fixture, used by name)
 
 DATA = Path(__file__).parent / "data" / "metricsport"
@@ -253,6 +255,71 @@ def test_fifty_megabytes_is_too_large_and_memory_stays_bounded(serve, loop, beha
     grown = (after["VmHWM"] - before["VmRSS"]) / 1024
     assert grown < 3 * MAX_BODY / MIB, f"peak grew by {grown:.1f} MiB"
     assert (after["VmRSS"] - before["VmRSS"]) / 1024 < 16
+
+
+def header_of_16_kib() -> bytes:
+    """An HTTP header whose blank line starts exactly at MAX_HEADER: as large as one may be."""
+    start = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nX-Filler: "
+    return start + b"a" * (MAX_HEADER - len(start)) + b"\r\n\r\n"
+
+
+def page_of(size: int, tail: bytes) -> bytes:
+    """A page of `size` bytes: comment lines, then `tail`."""
+    pad = size - len(tail)
+    return (b"#" + b" " * 1022 + b"\n") * (pad // 1024) + b"#" * (pad % 1024 - 1) + b"\n" + tail
+
+
+LAST = b'# TYPE tor_relay_traffic_bytes counter\ntor_relay_traffic_bytes{direction="read"} 6610858\n'
+
+
+def test_a_page_at_both_limits_is_read_to_its_last_byte(serve, loop):
+    """A 16 KiB header and a page of exactly 8 MiB to EOF: within the limits, so read whole (its last
+    value is not cut short)."""
+    body = page_of(MAX_BODY, LAST)
+    assert len(body) == MAX_BODY
+
+    def behave(server, conn):
+        server.read_request(conn)
+        conn.sendall(header_of_16_kib() + body)
+
+    server = serve(behave)
+    samples, failure, _ = scrape(session_for(f"127.0.0.1:{server.port}", loop, timeout=10), loop)
+    assert failure is None, failure
+    assert [(s.measurement, s.fields) for s in samples] == [("tor_relay_traffic_bytes", {"counter": 6610858.0})]
+
+
+def test_a_page_past_the_limit_after_a_16_kib_header_is_too_large(serve, loop):
+    """A 16 KiB header, then more than 8 MiB without Content-Length, the connection kept open: too large
+    (never a page cut where the limits happen to add up)."""
+    def behave(server, conn):
+        server.read_request(conn)
+        conn.sendall(header_of_16_kib() + page_of(MAX_BODY + 4096, LAST))
+        server.hold(conn)
+
+    server = serve(behave)
+    samples, failure, took = scrape(session_for(f"127.0.0.1:{server.port}", loop, timeout=10), loop)
+    assert samples is None and failure.reason == Reason.TOO_LARGE, failure
+    assert failure.message == "MetricsPort: the page is larger than 8 MiB" and took < 5
+
+
+def test_a_reset_before_the_request_is_a_typed_failure(serve, loop):
+    """The peer resets the connection (SO_LINGER 0) as it accepts it: sending the request or reading
+    the answer fails, and so does the scrape, with its reason."""
+    def behave(server, conn):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = serve(behave)
+    _, failure, took = scrape(session_for(f"127.0.0.1:{server.port}", loop), loop)
+    assert failure.reason == Reason.CLOSED and failure.message == "MetricsPort: connection reset" and took < 2
+
+
+def test_a_socket_path_connect_refuses_is_a_typed_failure(loop):
+    """A unix socket path longer than sun_path (the configuration refuses it; here given directly):
+    connect() raises, and the scrape ends with that failure instead of the exception."""
+    session = MetricsSession(MetricsAddress(socket_path="/tmp/" + "s" * 200), timeout=5, loop=loop,
+                             tags=lambda: COMMON)
+    _, failure, _ = scrape(session, loop)
+    assert failure.message == "MetricsPort: AF_UNIX path too long"
 
 
 def test_close_during_a_scrape_ends_it_once_with_stopping(serve, loop):

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from fake_control import FakeControlPort
+from hostile_peers import core_answer
 from support import wait_for
 from tor2influxdb2.errors import Reason
 from tor2influxdb2.poller import Poller
@@ -152,6 +154,44 @@ def test_backoff_after_a_timeout_is_what_the_log_says(proxy_factory, caplog):
         assert silent.accepted == 1
     finally:
         poller.close()
+
+
+@pytest.mark.parametrize("broken", [0, 1, 2])
+def test_an_unexpected_error_of_one_tor_fails_that_tor_only(caplog, broken):
+    """A bug that raises as a poll starts (here: as a kept connection asks) fails that tor's poll, logged
+    once and masked; the others, also those after it in TOR_HOSTS, are polled in the same cycle, which
+    ends as soon as they answered (a poll that ends as it starts does not end the cycle before the rest
+    started)."""
+    from tor2influxdb2.redact import REDACTOR
+    ports = [FakeControlPort({"GETINFO": core_answer()}) for _ in range(3)]
+    poller = Poller([parse_tor_host(port.entry(f"t{i}")) for i, port in enumerate(ports)], timeout=2, period=5)
+    REDACTOR.add("bug-secret-77")
+
+    def broken_ask():
+        raise RuntimeError("a bug holding bug-secret-77")
+
+    try:
+        assert all(r.ok for r in poller.poll_all(threading.Event()))
+        poller.sessions[broken]._ask = broken_ask
+        with caplog.at_level("WARNING", logger="tor2influxdb2"):
+            started = time.monotonic()
+            results = poller.poll_all(threading.Event())
+            took = time.monotonic() - started
+            again = poller.poll_all(threading.Event())
+    finally:
+        poller.close()
+        REDACTOR.clear()
+        for port in ports:
+            port.close()
+    failed = results.pop(broken)
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert failed.failure.reason == Reason.INTERNAL
+    assert failed.error == "unexpected error: a bug holding ****"
+    assert took < 1.0  # not the cycle's budget: nothing waited for the failed tor
+    assert again.pop(broken).skipped and all(r.ok for r in again)  # the failed one backs off
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == [f"t{broken} (127.0.0.1:{ports[broken].port}): unexpected error: a bug holding ****; "
+                     "next try in 5 s"]
 
 
 def test_failures_of_many_tors_are_one_line(caplog):

@@ -417,6 +417,8 @@ def test_listen_values(value, expected):
     (":9099", "0.0.0.0:9099"), ("::1:9099", "brackets"), ("example.org:9099", "IP address"),
     ("127.0.0.1", "no port"), ("127.0.0.1:0", "1 to 65535"), ("70000", "1 to 65535"), ("[127.0.0.1]:9", "brackets"),
     ("[::1]9099", "[IPv6 address]:port"),
+    ("9" * 5000, "1 to 65535"), ("127.0.0.1:" + "9" * 5000, "1 to 65535"), ("[::1]:" + "1" * 5000, "1 to 65535"),
+    ("127.0.0.1:\u00b2", "1 to 65535"), ("\u00b2", "1 to 65535"), ("127.0.0.1:\u0669\u0660\u0669\u0669", "1 to 65535"),
 ])
 def test_listen_problems(value, words):
     address, problem = prom.parse_listen(value)

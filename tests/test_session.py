@@ -3,17 +3,21 @@ every authentication and address form, one kept connection, one GETINFO, unknown
 
 from __future__ import annotations
 
+import select
 import socket
+import struct
 import threading
 import time
 
 import pytest
 
 from fake_control import FakeControlPort
+from hostile_peers import core_answer
 from tor2influxdb2.errors import Reason
-from tor2influxdb2.poller import Poller
+from tor2influxdb2.poller import EventLoop, Poller
 from tor2influxdb2.sinks.lineprotocol import LineEncoder
 from tor2influxdb2.sources.control.metricsets import CORE_KEYS, COUNTED_KEYS, Plan
+from tor2influxdb2.sources.control.session import ControlSession, TagPolicy
 from tor2influxdb2.targets import TorHost, parse_tor_host
 
 
@@ -218,3 +222,64 @@ def test_tor_restarted_between_cycles_is_polled_in_the_next_cycle(make_tor):
         assert poller.sessions[0].connects == 2
     finally:
         poller.close()
+
+
+# ------------------------------------------------------------------ sockets that fail outside a read
+
+def poll_on(session: ControlSession, loop: EventLoop, limit: float = 10.0):
+    """One poll of `session` on the real loop, the loop run only until it ends: (samples, failure)."""
+    calls = []
+    session.start(time.monotonic(), lambda s, samples, failure: calls.append((samples, failure)))
+    deadline = time.monotonic() + limit
+    while not calls and time.monotonic() < deadline:
+        loop.run_once(0.05)
+    assert len(calls) == 1, calls
+    return calls[0]
+
+
+def test_a_kept_connection_reset_just_before_a_poll_is_connected_again():
+    """tor resets the kept connection (SO_LINGER 0) after a poll, and the reset has not been read when
+    the next poll sends its questions: the send fails with 'connection reset', and that poll connects
+    again and answers, as when the reset is read."""
+    reset = threading.Event()
+    polls = []
+
+    def getinfo(command, conn):
+        polls.append(command)
+        if len(polls) > 1:
+            return core_answer()
+        conn.sendall(core_answer())
+        reset.wait(10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False  # the fake closes the connection: with SO_LINGER 0, a reset
+
+    fake = FakeControlPort({"GETINFO": getinfo})
+    loop = EventLoop()
+    session = ControlSession(parse_tor_host(fake.entry("reset")), Plan(), TagPolicy(), 5.0, loop)
+    try:
+        samples, failure = poll_on(session, loop)
+        assert failure is None and samples
+        kept = session.sock
+        reset.set()
+        assert select.select([kept], [], [], 5)[0], "the reset did not arrive"  # not read: the loop is not run
+        samples, failure = poll_on(session, loop)
+        assert failure is None, failure
+        assert {s.measurement for s in samples} == {"traffic", "connections", "handshakes"}
+        assert fake.accepted == 2 and session.connects == 2 and len(polls) == 2
+    finally:
+        session.close()
+        loop.close()
+        fake.close()
+
+
+def test_a_socket_path_connect_refuses_is_a_failure_of_that_poll():
+    """A unix socket path longer than sun_path (the configuration refuses it; here given directly):
+    connect() raises, and the poll ends with that failure instead of the exception."""
+    loop = EventLoop()
+    session = ControlSession(TorHost("long", socket_path="/tmp/" + "s" * 200), Plan(), TagPolicy(), 5.0, loop)
+    try:
+        samples, failure = poll_on(session, loop)
+        assert samples is None and "path too long" in failure.message
+        assert session.sock is None and not session.busy
+    finally:
+        loop.close()

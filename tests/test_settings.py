@@ -235,6 +235,41 @@ def test_bad_configuration_exits_2_with_one_line_per_problem_and_no_traceback():
     assert len(lines) >= 6
 
 
+@pytest.mark.parametrize("env, needle", [
+    ({"TOR_HOSTS": "127.0.0.1:" + "9" * 5000 + ":hunter2:a"},
+     "TOR_HOSTS entry 1: the port (second field) is not a number from 1 to 65535"),
+    ({"TOR_HOSTS": "unix:/run/tor/" + "c" * 100 + ":hunter2:a"},
+     "TOR_HOSTS entry 1: the unix socket path is longer than 107 bytes"),
+    ({"TOR_METRICS_PORTS": "n=127.0.0.1:" + "9" * 5000}, "TOR_METRICS_PORTS entry 1: the port is not a number"),
+    ({"TOR_METRICS_PORTS": "n=unix:/run/tor/" + "m" * 100}, "TOR_METRICS_PORTS entry 1: the unix socket path is "
+                                                            "longer than 107 bytes"),
+    ({"TOR_METRICS_PORTS": "n=http://127.0.0.1:0/metrics"}, "TOR_METRICS_PORTS entry 1: the URL's port"),
+    ({"PROMETHEUS_LISTEN": "9" * 5000}, "PROMETHEUS_LISTEN: '99999"),
+    ({"PROMETHEUS_LISTEN": "127.0.0.1:\u00b2"}, "PROMETHEUS_LISTEN: '127.0.0.1:\u00b2': the port must be a number"),
+    ({"PROMETHEUS_LISTEN": "\u00b2"}, "the port must be a number from 1 to 65535"),
+    ({"INFLUX_PORT": "9" * 5000}, "INFLUX_PORT: '99999"),
+], ids=["tor-hosts-port", "tor-hosts-socket", "metrics-port", "metrics-socket", "metrics-url-port-0",
+        "prometheus-digits", "prometheus-superscript", "prometheus-superscript-alone", "influx-port"])
+def test_hostile_ports_and_socket_paths_exit_2_with_the_usual_message(env, needle):
+    """Thousands of digits (beyond int()'s limit), a digit int() refuses, a path too long for a unix
+    socket: one configuration error each, exit status 2, no traceback, no password."""
+    r = run_daemon({**INFLUX, "TOR_HOSTS": "127.0.0.1:9051:pw:n", **env}, timeout=20)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert all(line.startswith("configuration error: ") for line in lines), r.stderr
+    assert any(needle in line for line in lines), r.stderr
+    assert "Traceback" not in r.stderr and "hunter2" not in r.stderr + r.stdout
+    assert all(len(line) < 300 for line in lines)
+
+
+def test_a_second_metricsport_for_a_tor_never_quotes_its_name():
+    """HOST:PORT:NAME: the name may be a password typed without its name; the entry is named instead."""
+    problems = problems_of({**INFLUX, "TOR_HOSTS": "10.0.0.1:9051:relay,10.0.0.2:9051:hunter2pw",
+                            "TOR_METRICS_PORTS": "hunter2pw=127.0.0.1:9035,hunter2pw=127.0.0.1:9036"})
+    assert problems == ["TOR_METRICS_PORTS entry 2: TOR_HOSTS entry 2 already has a MetricsPort "
+                        "(TOR_METRICS_PORTS entry 1)"]
+
+
 def test_unreadable_file_exits_2(tmp_path, as_other_user):
     secret = tmp_path / "token"
     secret.write_text("x")

@@ -26,6 +26,11 @@ def test_tor_host_forms(entry, expected):
         assert getattr(host, key) == value, key
 
 
+def test_the_longest_unix_socket_path_and_port():
+    assert parse_tor_host("unix:/run/" + "d" * 102 + ":n").socket_path == "/run/" + "d" * 102  # 107 bytes
+    assert parse_tor_host("10.0.0.1:65535:n").port == 65535 and parse_tor_host("10.0.0.1:09051:n").port == 9051
+
+
 def test_password_never_in_repr_or_description():
     host = parse_tor_host("10.0.0.2:9051:hunter2secret:relay")
     assert "hunter2secret" not in repr(host) and "hunter2secret" not in host.describe()
@@ -50,6 +55,11 @@ SECRETS = ("hunter2", "s3cr3t", "pw,with", "zz8")
     ("10.0.0.1:65536:n", "the port (second field)"),
     ("10.0.0.1:zz8:hunter2:n", "the port (second field)"),
     ("10.0.0.1:٩٠٥١:n", "the port (second field)"),
+    ("10.0.0.1:²:n", "the port (second field)"),
+    ("10.0.0.1:" + "9" * 5000 + ":hunter2:n", "the port (second field)"),  # beyond int()'s digit limit
+    ("10.0.0.1:009051:n", "the port (second field)"),
+    ("unix:/run/" + "d" * 103 + ":hunter2:n", "longer than 107 bytes"),  # sun_path holds 108, NUL included
+    ("unix:/run/" + "é" * 52 + ":hunter2:n", "longer than 107 bytes"),  # bytes, not characters
     ("10.0.0.1:9051:hunter2:", "the name"),
     ("::1:9051:n", "must be written in brackets"),
     ("[::1:9051:n", "has no ']'"),

@@ -99,7 +99,9 @@ DAEMON_SCHEMA = (
         FieldSpec("metricsport_up", "integer", "the scrape of this cycle", "",
                   "1 when the MetricsPort answered, else 0 (only for tors with TOR_METRICS_PORTS)"),
         FieldSpec("failures", "integer", "the poller", "", "failed polls in a row")),
-        ("host", "service"), description="one point per tor and cycle, also when its poll failed"),
+        ("host", "service"), description="one point per tor and cycle, also when its poll failed; none for a "
+                                         "HOST:PORT:NAME entry before its tor first accepted the daemon (until "
+                                         "then its name may be a password)"),
     MeasurementSpec("tor2influxdb2_cycle", "daemon", "daemon", (
         FieldSpec("seconds", "float", "the daemon", "s", "how long the cycle took"),
         FieldSpec("tors", "integer", "the daemon", "", "tors this replica polls"),
@@ -358,6 +360,7 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
     except ConfigError as exc:
         for problem in exc.problems:
             LOG.error("%s", problem)
+        stop.set()  # first: the outputs started already stop at once (delivery ends, the buffer is closed)
         poller.close()
         for output in outputs:
             output.close()

@@ -182,15 +182,21 @@ class EventLoop:
 
     @staticmethod
     def _dispatch(session, call: Callable[[], None]) -> None:
+        """Run `call` for `session`. An unexpected error fails that session's poll only (its traceback
+        at debug level, the failure logged by the poller like any other), never the loop or the cycle."""
         try:
             call()
         except Exception as exc:  # a bug must not stop the loop: that tor's poll fails, the rest go on
             LOG.debug("poll loop: unexpected error", exc_info=True)
             if session is not None:
+                failure = Failure(Reason.INTERNAL, f"unexpected error: {clip(exc, 120)}")
                 try:
-                    session._fail(Failure(Reason.INTERNAL, f"unexpected error: {clip(exc, 120)}"), retry=False)
+                    session._fail(failure, retry=False)
                 except Exception:  # noqa: BLE001
                     LOG.debug("poll loop: error while failing a session", exc_info=True)
+                if session.busy:  # failing it failed too: end its poll here, still exactly once
+                    callback, session.on_done = session.on_done, None
+                    callback(session, None, failure)
 
     def close(self) -> None:
         self.selector.close()
@@ -357,28 +363,32 @@ class Poller:
             self._finish(self.cycle, stopping=True)
         self.cycle = cycle
         now = cycle.start = time.monotonic()
-        for target in self.targets:
-            i = target.index
-            session = target.control
-            if session.busy:
-                cycle.control[i] = _Part(failure=Failure(Reason.NOT_POLLED, "previous poll still running"),
-                                         skipped=True)
-            elif target.c.retry_at > now:
-                cycle.control[i] = _Part(failure=self._backing_off(target.c, now), skipped=True)
-            elif session.state == "ready":
-                self._start(cycle, target, now)
-            else:
-                target.queued = True
-                cycle.queue.append(target)
-            if target.metrics is None:
-                cycle.metrics[i] = _Part()
-            elif target.metrics.busy:
-                cycle.metrics[i] = _Part(failure=Failure(Reason.NOT_POLLED, "MetricsPort: previous scrape still "
-                                                                           "running"), skipped=True)
-            elif target.m.retry_at > now:
-                cycle.metrics[i] = _Part(failure=self._backing_off(target.m, now), skipped=True)
-            else:
-                cycle.scrapes.append(target)
+        self._starting = True  # a poll that ends at once (its kept connection reset) must not end the cycle
+        try:                   # before every tor is in it
+            for target in self.targets:
+                i = target.index
+                session = target.control
+                if session.busy:
+                    cycle.control[i] = _Part(failure=Failure(Reason.NOT_POLLED, "previous poll still running"),
+                                             skipped=True)
+                elif target.c.retry_at > now:
+                    cycle.control[i] = _Part(failure=self._backing_off(target.c, now), skipped=True)
+                elif session.state == "ready":
+                    self._start(cycle, target, now)
+                else:
+                    target.queued = True
+                    cycle.queue.append(target)
+                if target.metrics is None:
+                    cycle.metrics[i] = _Part()
+                elif target.metrics.busy:
+                    cycle.metrics[i] = _Part(failure=Failure(Reason.NOT_POLLED, "MetricsPort: previous scrape "
+                                                                               "still running"), skipped=True)
+                elif target.m.retry_at > now:
+                    cycle.metrics[i] = _Part(failure=self._backing_off(target.m, now), skipped=True)
+                else:
+                    cycle.scrapes.append(target)
+        finally:
+            self._starting = False
         self._start_queued(cycle)
         self._complete_if_done(cycle)
 
@@ -394,13 +404,17 @@ class Poller:
         if target.control.state != "ready":
             target.connecting = True
             self.connecting += 1
-        target.control.start(now, lambda session, samples, failure, t=target: self._done(t, samples, failure))
+        session = target.control
+        self.loop._dispatch(session, lambda: session.start(
+            now, lambda session, samples, failure, t=target: self._done(t, samples, failure)))
 
     def _scrape(self, cycle: _Cycle, target: _Target, now: float) -> None:
         target.m.cycle = cycle
         cycle.waiting += 1
         self.scraping += 1
-        target.metrics.start(now, lambda session, samples, failure, t=target: self._scraped(t, samples, failure))
+        session = target.metrics
+        self.loop._dispatch(session, lambda: session.start(
+            now, lambda session, samples, failure, t=target: self._scraped(t, samples, failure)))
 
     def _start_queued(self, cycle: _Cycle) -> None:
         if self._starting:  # a poll that failed at once (no such socket, EMFILE) ends in here again:
@@ -463,6 +477,8 @@ class Poller:
             self._complete_if_done(current)
 
     def _complete_if_done(self, cycle: _Cycle) -> None:
+        if self._starting:  # polls are being started: whoever starts them checks once they all are
+            return
         if cycle.waiting == 0 and not self._can_start(cycle):
             self._finish(cycle)
 

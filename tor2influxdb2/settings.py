@@ -18,7 +18,7 @@ from typing import Mapping
 
 from .errors import ConfigError
 from .redact import REDACTOR, Redactor
-from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts, shard
+from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts, shard, valid_port
 from .sources.control.metricsets import DEFAULT_SETS
 from .sources.control.metricsets import SET_NAMES as CONTROL_SETS
 
@@ -283,12 +283,9 @@ def _register_passwords(e: _Env, texts: list[str]) -> None:
 def _influx_url(e: _Env) -> str | None:
     """The base URL of InfluxDB from INFLUX_URL, or from INFLUX_HOST (+ INFLUX_PORT)."""
     url, host, port = e.get("INFLUX_URL"), e.get("INFLUX_HOST"), e.get("INFLUX_PORT")
-    port_number = None
-    if port:
-        if not (INT_RE.match(port) and 1 <= int(port) <= 65535):
-            e.problem(f"INFLUX_PORT: {_show(port)} is not a number from 1 to 65535")
-        else:
-            port_number = int(port)
+    port_number = valid_port(port) if port else None
+    if port and port_number is None:
+        e.problem(f"INFLUX_PORT: {_show(port)} is not a number from 1 to 65535")
     if url and host:
         e.problem("INFLUX_URL and INFLUX_HOST are both set: set one of them")
         return None
@@ -404,7 +401,8 @@ def _metrics_ports(e: _Env, hosts: list[TorHost]):
         pairs = metricsport.split_file(content) if content is not None else []
     elif text.strip():
         pairs = metricsport.split_pairs(text)
-    addresses, problems = metricsport.parse_metrics_ports(pairs, {h.name for h in hosts}) if pairs else ({}, [])
+    labels = {h.name: h.label for h in hosts}  # a duplicate is named by its TOR_HOSTS entry, never by its name
+    addresses, problems = metricsport.parse_metrics_ports(pairs, labels) if pairs else ({}, [])
     families, family_problems = metricsport.parse_families(e.env.get("METRICSPORT_FAMILIES"))
     onion_label, label_problems = metricsport.parse_onion_label(e.env.get("ONION_LABEL"))
     e.problems += problems + family_problems + label_problems

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from typing import Iterable
 
@@ -15,6 +16,8 @@ from typing import Iterable
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
 MAX_NAME = 128
 FORMS = "HOST:PORT:NAME or HOST:PORT:PASSWORD:NAME"
+#: The longest unix socket path: sun_path holds 108 bytes on Linux, its terminating NUL included.
+MAX_SOCKET_PATH = 107
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,8 @@ def parse_tor_host(entry: str, label: str = "entry") -> TorHost:
             raise EntryError("the unix socket path must be absolute (unix:/path/to/control.sock:NAME)")
         if not path.isprintable():
             raise EntryError("the unix socket path contains a control character")
+        if socket_path_too_long(path):
+            raise EntryError(SOCKET_PATH_TOO_LONG)
         if not sep:
             raise EntryError("expected unix:PATH:NAME or unix:PATH:PASSWORD:NAME (no name given)")
         password, has_password, name = rest.rpartition(":")
@@ -161,11 +166,30 @@ def _looks_like_bare_ipv6(entry: str) -> bool:
     return False
 
 
+def valid_port(text: str) -> int | None:
+    """The port `text` is (ASCII digits, at most 5, 1 to 65535), or None. Every port setting is
+    read by this: int() alone takes other digits ('٩') or refuses some ('²') and more than 4300
+    digits with a ValueError."""
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()):
+        return None
+    port = int(text)
+    return port if 1 <= port <= 65535 else None
+
+
+SOCKET_PATH_TOO_LONG = (f"the unix socket path is longer than {MAX_SOCKET_PATH} bytes, the most a unix socket "
+                        "address holds (mount or link the socket at a shorter path)")
+
+
+def socket_path_too_long(path: str) -> bool:
+    """Whether `path` (a printable str) does not fit in sun_path with its NUL: connect() would fail."""
+    return len(os.fsencode(path)) > MAX_SOCKET_PATH
+
+
 def _parse_port(text: str) -> int:
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+    port = valid_port(text.strip())
+    if port is None:
         raise EntryError("the port (second field) is not a number from 1 to 65535")
-    return int(text)
+    return port
 
 
 def parse_tor_hosts(entries: Iterable[tuple[str, str]], hint: str = "") -> tuple[list[TorHost], list[str]]:

@@ -60,6 +60,7 @@ from typing import Iterable, Mapping
 from ..errors import ConfigError
 from ..model import Sample, TorStatus
 from ..redact import REDACTOR, Redactor, clip
+from ..targets import valid_port
 
 LOG = logging.getLogger("tor2influxdb2")
 
@@ -145,9 +146,10 @@ def parse_listen(value: str) -> tuple[tuple[str, int] | None, str | None]:
         return None, f"PROMETHEUS_LISTEN: {shown}: the address must be an IP address{example}"
     if isinstance(address, ipaddress.IPv4Address) and raw.startswith("["):
         return None, f"PROMETHEUS_LISTEN: {shown}: an IPv4 address is written without brackets"
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    port = valid_port(port_text)
+    if port is None:
         return None, f"PROMETHEUS_LISTEN: {shown}: the port must be a number from 1 to 65535"
-    return (str(address) if "%" not in host else host, int(port_text)), None
+    return (str(address) if "%" not in host else host, port), None
 
 
 def parse_basic_auth(text: str, where: str = "PROMETHEUS_BASIC_AUTH_FILE",

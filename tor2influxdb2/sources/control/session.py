@@ -123,10 +123,13 @@ class ControlSession(LoopSession):
         self.collected_ms = 0
         self.retried = False
         self.reused = self.state == READY
-        if self.state == READY:
-            self._ask()
-        else:
-            self._connect()
+        try:
+            if self.state == READY:
+                self._ask()
+            else:
+                self._connect()
+        except SourceError as exc:  # e.g. the kept connection was reset just before: _fail reconnects
+            self._fail(exc.failure)
 
     def handle(self, readable: bool, writable: bool) -> None:
         try:
@@ -185,12 +188,16 @@ class ControlSession(LoopSession):
         except OSError as exc:
             self._fail(os_failure(exc))
             return
-        sock.setblocking(False)
+        self.sock = sock  # from here _fail closes it
         self._quickack = family != socket.AF_UNIX and _TCP_QUICKACK is not None and QUICKACK
-        if family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        err = sock.connect_ex(addr)
+        try:
+            sock.setblocking(False)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+        except OSError as exc:  # an address connect() refuses outright (a unix path too long, ...)
+            self._fail(os_failure(exc))
+            return
         if err in (0, errno.EINPROGRESS, errno.EAGAIN):
             self.state = CONNECTING
             self.loop.watch(self, read=False, write=True)
@@ -433,6 +440,9 @@ class ControlSession(LoopSession):
         self._send_bytes((text + "\r\n").encode("utf-8"))
 
     def _send_bytes(self, data: bytes) -> None:
+        """Send `data` or queue what does not fit. A send error (a kept connection tor reset since the
+        last poll) raises SourceError: the caller (handle() or start()) fails the poll once it has
+        unwound, and _fail then reconnects a kept connection, as after a read error."""
         if self.out:
             self.out += data
         else:
@@ -440,6 +450,8 @@ class ControlSession(LoopSession):
                 sent = self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
+            except OSError as exc:
+                raise SourceError(os_failure(exc)) from None
             self.out = data[sent:]
         self.loop.watch(self, read=True, write=bool(self.out))
 

@@ -18,10 +18,10 @@ import dataclasses
 import ipaddress
 import re
 import urllib.parse
-from typing import Iterable
+from typing import Collection, Iterable, Mapping
 
 from ...redact import clip
-from ...targets import HOSTNAME_RE
+from ...targets import HOSTNAME_RE, SOCKET_PATH_TOO_LONG, socket_path_too_long, valid_port
 from .parse import DEFAULT_SELECTION, ONION_MODES, FamilySelection
 from .schema import DEFAULT_FAMILIES, FAMILIES, HS_PREFIX
 
@@ -62,10 +62,10 @@ class AddressError(ValueError):
 
 
 def _port(text: str) -> int:
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+    port = valid_port(text.strip())
+    if port is None:
         raise AddressError("the port is not a number from 1 to 65535")
-    return int(text)
+    return port
 
 
 def _host(text: str) -> str:
@@ -93,6 +93,8 @@ def parse_address(text: str, label: str = "") -> MetricsAddress:
             raise AddressError("the unix socket path must be absolute (unix:/path/to/metrics.sock)")
         if not path.isprintable():
             raise AddressError("the unix socket path contains a control character")
+        if socket_path_too_long(path):
+            raise AddressError(SOCKET_PATH_TOO_LONG)
         return MetricsAddress(socket_path=path, label=label)
     if "://" in text:
         return _parse_url(text, label)
@@ -132,6 +134,8 @@ def _parse_url(text: str, label: str) -> MetricsAddress:
         raise AddressError("the URL must not contain credentials (tor's MetricsPort has none)")
     if port is None:
         raise AddressError("the URL has no port (tor's MetricsPort has no default port)")
+    if port == 0:
+        raise AddressError("the URL's port is not a number from 1 to 65535")
     host = parts.hostname or ""
     if host.startswith("["):
         host = host[1:-1]
@@ -166,12 +170,14 @@ def _name_of(text: str, names: set[str]) -> tuple[str, str] | None:
     return text[:positions[0]].strip(), text[positions[0] + 1:]
 
 
-def parse_metrics_ports(pairs: Iterable[tuple[str, str]], names: set[str]
+def parse_metrics_ports(pairs: Iterable[tuple[str, str]], names: Mapping[str, str] | Collection[str]
                         ) -> tuple[dict[str, MetricsAddress], list[str]]:
-    """Parse (label, "NAME=ADDRESS") pairs against the TOR_HOSTS names.
+    """Parse (label, "NAME=ADDRESS") pairs against the TOR_HOSTS names (a mapping name -> the
+    entry's label, "TOR_HOSTS entry 2", or just the names).
 
     Returns {name: address} and the problems (unknown name, duplicate name, bad address), one
-    line each naming the entry."""
+    line each naming the entry. A known name is never quoted: in the HOST:PORT:NAME form of
+    TOR_HOSTS it may be a password typed without its name; the TOR_HOSTS entry is named by its label."""
     found: dict[str, MetricsAddress] = {}
     where: dict[str, str] = {}
     problems: list[str] = []
@@ -189,7 +195,8 @@ def parse_metrics_ports(pairs: Iterable[tuple[str, str]], names: set[str]
                             "last field of a TOR_HOSTS entry)")
             continue
         if name in found:
-            problems.append(f"{label}: {clip(name, 40)!r} already has a MetricsPort ({where[name]})")
+            entry = names.get(name) if isinstance(names, Mapping) else None
+            problems.append(f"{label}: {entry or 'its TOR_HOSTS entry'} already has a MetricsPort ({where[name]})")
             continue
         try:
             found[name] = parse_address(address, label)

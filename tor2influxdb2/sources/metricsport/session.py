@@ -151,9 +151,13 @@ class MetricsSession(LoopSession):
         except OSError as exc:
             self._fail(os_failure(exc, PREFIX))
             return
-        sock.setblocking(False)
-        self.sock = sock
-        err = sock.connect_ex(addr)
+        self.sock = sock  # from here _fail closes it
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+        except OSError as exc:  # an address connect() refuses outright (a unix path too long, ...)
+            self._fail(os_failure(exc, PREFIX))
+            return
         if err in (0, errno.EINPROGRESS, errno.EAGAIN):
             self.state = CONNECTING
             self.loop.watch(self, read=False, write=True)
@@ -179,7 +183,11 @@ class MetricsSession(LoopSession):
 
     # ------------------------------------------------------------------ reading the answer
     def _read(self) -> None:
-        room = MAX_HEADER + MAX_BODY + 1 - len(self.buffer)
+        # at most one byte past the limits, counted from where the body starts once the header is read
+        start = self.header_end if self.response is not None else MAX_HEADER
+        room = start + MAX_BODY + 1 - len(self.buffer)
+        if room <= 0:  # never recv(0), which reads as EOF (a truncated page), nor recv(<0)
+            raise _fail_with(Reason.TOO_LARGE, f"the page is larger than {MAX_BODY // 1024 // 1024} MiB")
         try:
             data = self.sock.recv(min(RECV, room))
         except (BlockingIOError, InterruptedError):

@@ -88,6 +88,7 @@ class ControlSession(LoopSession):
         self.confirmed = host.password_given
         self.warned: set[str] = set()
         self._tag_cache: tuple[str, tuple] | None = None
+        self._extra_cache: tuple[tuple, tuple, tuple] | None = None
         self.last_poll: float | None = None
         self.on_done: Callable | None = None
         self._quickack = False
@@ -417,7 +418,7 @@ class ControlSession(LoopSession):
         base = self._base_tags(version)
         time_ms = self.collected_ms or time.time_ns() // 1_000_000
         new = tuple.__new__  # Sample(...) without the NamedTuple constructor's extra call (the hot path)
-        samples = [new(Sample, (m, make_tags(base + extra) if extra else base, fields, time_ms))
+        samples = [new(Sample, (m, self._with_extra(base, extra) if extra else base, fields, time_ms))
                    for m, fields, extra in built]
         self.state = READY
         self.last_poll = self.deadline - self.timeout
@@ -428,6 +429,13 @@ class ControlSession(LoopSession):
         """The common tags of this tor as of its last answer (without version before the first)."""
         cache = self._tag_cache
         return cache[1] if cache is not None else make_tags(self.tag_policy.tags(self.host.name, ""))
+
+    def _with_extra(self, base: tuple, extra: tuple) -> tuple:
+        """base + extra tags (a relay's fingerprint and nickname) in canonical form, cached."""
+        cached = self._extra_cache
+        if cached is None or cached[0] is not base or cached[1] != extra:
+            cached = self._extra_cache = (base, extra, make_tags(base + extra))
+        return cached[2]
 
     def _base_tags(self, version: str) -> tuple:
         cache = self._tag_cache

@@ -400,3 +400,25 @@ def test_memory_buffer_stays_within_its_bound_in_bytes_when_it_trims_part_of_a_c
         assert buffer.memory_bytes <= bound, (size, buffer.memory_bytes)
         assert len(buffer) + dropped == len(sent) and len(buffer) <= 30_000
     assert drain(buffer) == sent[dropped:]
+
+
+def test_delivering_a_big_cycle_in_batches_keeps_order_and_byte_count():
+    """A cycle of 57,000 lines (1,000 relays with a MetricsPort) is one chunk; delivery takes it in
+    batches of 5,000 from its head. What stays is the rest, in order, and counted as a buffer that
+    held only it would count it."""
+    lines = [f"tor_relay_x,host=h{i} counter={i} 1700000000000" for i in range(57_000)]
+    buffer = MemoryBuffer(100_000)
+    buffer.append(lines, [1_700_000_000_000] * len(lines))
+    delivered = []
+    for _ in range(4):
+        batch = buffer.head(5_000)
+        delivered += batch.lines
+        buffer.remove(batch.ids)
+    assert delivered == lines[:20_000]
+    fresh = MemoryBuffer(100_000)
+    fresh.append(lines[20_000:], [1_700_000_000_000] * 37_000)
+    assert len(buffer) == 37_000 and buffer.memory_bytes == fresh.memory_bytes
+    rest = buffer.head(100_000)
+    assert rest.lines == lines[20_000:]
+    buffer.remove(rest.ids[::2])  # not a head: the line-by-line path
+    assert buffer.head(100_000).lines == lines[20_001::2]

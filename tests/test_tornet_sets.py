@@ -22,8 +22,10 @@ def latest(victoria, metric, host):
     return points[-1][1] if points else None
 
 
-@pytest.fixture
-def all_sets(tornet, victoria, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def all_sets(tornet, victoria, tmp_path_factory):  # noqa: F811
+    """One daemon with every set for the module's tests (each waits for the points it needs)."""
+    tmp_path = tmp_path_factory.mktemp("sets")
     hosts = ",".join(n.entry("sets-" + n.name) for n in tornet.nodes)
     daemon = Daemon({"TOR_HOSTS": hosts, "INFLUX_URL": victoria.url, "INFLUX_ORGANIZATION": "o",
                      "INFLUX_BUCKET": "b", "INFLUX_TOKEN": "tok-sets", "RUN_EVERY_SECONDS": str(PERIOD),

@@ -60,6 +60,15 @@ class _Chunk:
             self.lines = None
             self.size = len(self.blob) + _OVERHEAD_CHUNK + (0 if isinstance(self.ids, range) else 8 * len(self.ids))
 
+    def without_head(self, head: int) -> "_Chunk":
+        """The chunk without its first `head` points (its size updated, not recounted)."""
+        if self.lines is None:
+            return _Chunk(self.ids[head:], self.get_lines()[head:], self.oldest)
+        rest = _Chunk.__new__(_Chunk)
+        rest.ids, rest.lines, rest.blob, rest.oldest = self.ids[head:], self.lines[head:], None, self.oldest
+        rest.size = self.size - sum(map(len, self.lines[:head])) - _OVERHEAD_RAW * head
+        return rest
+
     def get_lines(self) -> list[str]:
         if self.lines is not None:
             return self.lines
@@ -158,20 +167,41 @@ class MemoryBuffer:
                     self._count -= len(chunk)
                     self._bytes -= chunk.size
                     continue
-                if any(i in gone for i in chunk_ids):
+                head = self._delivered_head(chunk_ids, gone)
+                if head:  # the usual case: delivery took the oldest lines of a big cycle's chunk
+                    gone.difference_update(chunk_ids[:head])
+                    new = chunk.without_head(head)
+                elif any(i in gone for i in chunk_ids):
                     keep = [(i, line) for i, line in zip(chunk_ids, chunk.get_lines()) if i not in gone]
                     gone.difference_update(chunk_ids)
                     new = _Chunk([i for i, _ in keep], [line for _, line in keep], chunk.oldest)
-                    if chunk.blob is not None:
-                        new.compress()
-                    self._count += len(new) - len(chunk)
-                    self._bytes += new.size - chunk.size
-                    if len(new):
-                        self._chunks[index] = new
-                    else:
-                        del self._chunks[index]
-                        continue
+                else:
+                    index += 1
+                    continue
+                if chunk.blob is not None:
+                    new.compress()
+                self._count += len(new) - len(chunk)
+                self._bytes += new.size - chunk.size
+                if len(new):
+                    self._chunks[index] = new
+                else:
+                    del self._chunks[index]
+                    continue
                 index += 1
+
+    @staticmethod
+    def _delivered_head(chunk_ids, gone: set) -> int:
+        """How many of the chunk's first ids are in `gone` when nothing else of it is (0 otherwise):
+        then the rest is a slice, not a rebuild line by line."""
+        if not isinstance(chunk_ids, range) or chunk_ids.step != 1 or chunk_ids[0] not in gone:
+            return 0
+        head, size = 0, len(chunk_ids)
+        while head < size and chunk_ids[head] in gone:
+            head += 1
+        if head == size:
+            return 0  # all of it: the slow path (rare: whole chunks are dropped above)
+        low, high = chunk_ids[head], chunk_ids[-1]
+        return 0 if any(low <= i <= high for i in gone) else head
 
     def __len__(self) -> int:
         return self._count

@@ -252,14 +252,19 @@ def onion_hash(address: str) -> str:
 class _Series:
     """What one series of a page (one line, as tor writes it up to its value) turns into: the
     field its value goes to, its labels (a histogram's without ``le``), whether the selection
-    keeps it, and the tags made of its labels and the common tags (memoized per common tags)."""
+    keeps it, and the tags its labels give (memoized per set of common tag names). The same for
+    every tor that writes that line: shared by the parsers of one selection and ONION_LABEL."""
 
-    __slots__ = ("field", "labels", "keep", "common", "tags")
+    __slots__ = ("field", "labels", "keep", "extras")
 
     def __init__(self, field: str, labels: dict, keep: bool):
         self.field, self.labels, self.keep = field, labels, keep
-        self.common: tuple | None = None
-        self.tags: tuple = ()
+        self.extras: dict[frozenset, tuple] = {}
+
+
+#: (selection, ONION_LABEL) -> the series their parsers learnt: one copy for a fleet of relays
+#: (1,000 relays write the same ~60 series lines; only the values and the common tags differ).
+_SHARED: dict[tuple[int, str], tuple[FamilySelection, dict]] = {}
 
 
 class PageParser:
@@ -271,13 +276,17 @@ class PageParser:
     rules of the library's own value parser). New series, and any line that does not split
     plainly into series and value, go to the library. The cache holds at most CACHE_MAX series."""
 
-    CACHE_MAX = 8192
+    CACHE_MAX = 65536  #: series known, shared by the parsers of one selection and ONION_LABEL
+    TAGS_MAX = 8192  #: tag sets this parser (this tor) keeps
 
     def __init__(self, selection: FamilySelection = DEFAULT_SELECTION, onion_label: str = "hash"):
         if onion_label not in ONION_MODES:
             raise ValueError(f"onion_label must be one of {ONION_MODES}")
         self.selection, self.onion_label = selection, onion_label
-        self._cache: dict[tuple[str, str, str], _Series] = {}
+        shared = _SHARED.setdefault((id(selection), onion_label), (selection, {}))
+        self._cache: dict[tuple[str, str, str], _Series] = shared[1]
+        self._common: tuple | None = None
+        self._tags: dict[_Series, tuple] = {}  # this tor's tags of each series, for self._common
 
     def parse(self, body: bytes | str, common: tuple[tuple[str, str], ...], time_ms: int) -> list[Sample]:
         """Samples of a page; SourceError (PROTOCOL, TOO_LARGE) when it is not a tor's page."""
@@ -314,9 +323,18 @@ class PageParser:
              merge: bool) -> None:
         if not series.keep or not math.isfinite(value):
             return
-        if series.common != common:  # the first page, or the common tags changed (a new version)
-            series.common, series.tags = common, make_tags(common + self._extra(series.labels, reserved))
-        key = (name, series.tags)
+        if common != self._common:  # the first page, or the common tags changed (a new version)
+            self._common, self._tags = common, {}
+        tags = self._tags.get(series)
+        if tags is None:
+            names = frozenset(reserved)
+            extra = series.extras.get(names)
+            if extra is None:
+                extra = series.extras[names] = self._extra(series.labels, reserved)
+            if len(self._tags) >= self.TAGS_MAX:
+                self._tags.clear()
+            tags = self._tags[series] = make_tags(common + extra)
+        key = (name, tags)
         fields = out.get(key)
         if fields is None:
             if len(out) >= MAX_SERIES:

@@ -191,6 +191,22 @@ def test_buffer_dir_deleted_while_running_is_noticed_and_recreated(tmp_path, cap
     reopened.close()
 
 
+def test_points_of_a_deleted_buffer_that_cannot_be_read_are_reported_lost(tmp_path, caplog, monkeypatch):
+    directory = tmp_path / "buf"
+    buffer = open_buffer(str(directory), 1000, 1 << 20)
+    buffer.append(lines(7), stamps(lines(7)))
+    os.unlink(directory / "buffer.sqlite3")
+
+    def unreadable():
+        raise sqlite3.DatabaseError("database disk image is malformed")
+    monkeypatch.setattr(buffer.disk, "take_all", unreadable)
+    with caplog.at_level(logging.ERROR, logger="tor2influxdb2"):
+        buffer.check()
+    assert "the 7 points waiting in it could not be read (database disk image is malformed): they are lost" \
+        in caplog.text
+    buffer.close()
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 2 MiB tmpfs (mounted here as root; otherwise the test is skipped with the reason)."""

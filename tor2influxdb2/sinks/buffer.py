@@ -551,8 +551,10 @@ class FallbackBuffer:
                 return
             try:
                 lines, times = disk.take_all()
-            except sqlite3.Error:
+            except sqlite3.Error as exc:  # never silent: what waited there is gone with the file
                 lines, times = [], []
+                LOG.error("buffer: %s was deleted or replaced while running and the %d points waiting in it "
+                          "could not be read (%s): they are lost", disk.path, len(disk), clip(exc, 80))
             disk.close()
             self.disk = None
             try:

@@ -247,7 +247,17 @@ class InfluxOutput:
             self.buffer.close()
 
 
-class StdoutOutput:
+class _Unbuffered:
+    """An output that keeps nothing waiting: no backlog, no delivery problem to report."""
+
+    def backlog(self) -> int:
+        return 0
+
+    def problems(self, limit: float) -> list[str]:
+        return []
+
+
+class StdoutOutput(_Unbuffered):
     """--line-protocol: each cycle's lines on stdout, flushed per cycle (logs stay on stderr)."""
 
     describe = "stdout (line protocol)"
@@ -264,12 +274,6 @@ class StdoutOutput:
         self.stream.flush()  # BrokenPipeError when the reader went away: the daemon stops
         return 0
 
-    def backlog(self) -> int:
-        return 0
-
-    def problems(self, limit: float) -> list[str]:
-        return []
-
     def close(self) -> None:
         try:
             self.stream.flush()
@@ -277,7 +281,7 @@ class StdoutOutput:
             pass
 
 
-class PrometheusOutput:
+class PrometheusOutput(_Unbuffered):
     """PROMETHEUS_LISTEN: /metrics from the latest samples of every tor; a tor whose poll failed is down."""
 
     def __init__(self, settings: Settings):
@@ -306,12 +310,6 @@ class PrometheusOutput:
 
     def submit(self, lines, stamps) -> int:
         return 0
-
-    def backlog(self) -> int:
-        return 0
-
-    def problems(self, limit: float) -> list[str]:
-        return []
 
     def close(self) -> None:
         self.sink.close()

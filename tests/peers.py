@@ -4,6 +4,43 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Callable
+
+
+def pipe(src: socket.socket, dst: socket.socket, record: Callable[[bytes], None] | None = None) -> None:
+    """Copy what src sends to dst until either side ends, then shut both down; `record` sees each piece."""
+    try:
+        while data := src.recv(65536):
+            if record is not None:
+                record(data)
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def pump(a: socket.socket, b: socket.socket, join: float = 5.0) -> None:
+    """Both directions between a and b until the connection ends (b to a in a thread of its own)."""
+    other = threading.Thread(target=pipe, args=(b, a), daemon=True)
+    other.start()
+    pipe(a, b)
+    other.join(join)
+
+
+def recv_exact(s: socket.socket, n: int, what: str = "the peer") -> bytes:
+    """Exactly n bytes from s; ConnectionError when it closes first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"{what}: connection closed")
+        buf += chunk
+    return buf
 
 
 class RecordingProxy:
@@ -33,8 +70,8 @@ class RecordingProxy:
             if self.mode == "forward":
                 upstream = socket.create_connection(("127.0.0.1", self.target_port))
                 self.conns.append(upstream)
-                threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-                threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+                threading.Thread(target=pipe, args=(client, upstream, self.sent.extend), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
             elif self.mode == "dribble":
                 threading.Thread(target=self._dribble, args=(client,), daemon=True).start()
             elif self.mode == "hangup":
@@ -50,21 +87,6 @@ class RecordingProxy:
             pass
         client.close()
         self.conns.remove(client)
-
-    def _pipe(self, src, dst, record):
-        try:
-            while data := src.recv(65536):
-                if record:
-                    self.sent += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def _dribble(self, client):
         try:

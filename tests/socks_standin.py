@@ -8,6 +8,8 @@ import socket
 import struct
 import threading
 
+from peers import pump, recv_exact
+
 
 class SocksStandin:
     def __init__(self, reply: int = 0, target: tuple[str, int] | None = None, credentials=None):
@@ -29,30 +31,20 @@ class SocksStandin:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _read(conn, n):
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
-
     def _serve(self, conn):
         with conn:
             try:
-                _, count = self._read(conn, 2)
-                methods = self._read(conn, count)
+                _, count = recv_exact(conn, 2)
+                methods = recv_exact(conn, count)
                 if self.credentials is not None:
                     if 2 not in methods:
                         conn.sendall(b"\x05\xff")
                         return
                     conn.sendall(b"\x05\x02")
-                    _, ulen = self._read(conn, 2)
-                    user = self._read(conn, ulen).decode()
-                    plen = self._read(conn, 1)[0]
-                    password = self._read(conn, plen).decode()
+                    _, ulen = recv_exact(conn, 2)
+                    user = recv_exact(conn, ulen).decode()
+                    plen = recv_exact(conn, 1)[0]
+                    password = recv_exact(conn, plen).decode()
                     self.logins.append((user, password))
                     ok = (user, password) == self.credentials
                     conn.sendall(b"\x01\x00" if ok else b"\x01\x01")
@@ -60,42 +52,23 @@ class SocksStandin:
                         return
                 else:
                     conn.sendall(b"\x05\x00")
-                _, _, _, kind = self._read(conn, 4)
+                _, _, _, kind = recv_exact(conn, 4)
                 if kind == 3:
-                    address = self._read(conn, self._read(conn, 1)[0]).decode()
+                    address = recv_exact(conn, recv_exact(conn, 1)[0]).decode()
                 elif kind == 1:
-                    address = socket.inet_ntoa(self._read(conn, 4))
+                    address = socket.inet_ntoa(recv_exact(conn, 4))
                 else:
-                    address = socket.inet_ntop(socket.AF_INET6, self._read(conn, 16))
-                port = struct.unpack(">H", self._read(conn, 2))[0]
+                    address = socket.inet_ntop(socket.AF_INET6, recv_exact(conn, 16))
+                port = struct.unpack(">H", recv_exact(conn, 2))[0]
                 self.asked.append((address, port, kind))
                 if self.reply or self.target is None:
                     conn.sendall(bytes([5, self.reply or 1, 0, 1, 0, 0, 0, 0, 0, 0]))
                     return
                 upstream = socket.create_connection(self.target, timeout=10)
                 conn.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01" + struct.pack(">H", self.port))
-                self._pump(conn, upstream)
+                pump(conn, upstream)
             except (OSError, ConnectionError):
                 return
-
-    @staticmethod
-    def _pump(a, b):
-        def one(src, dst):
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-        t = threading.Thread(target=one, args=(b, a), daemon=True)
-        t.start()
-        one(a, b)
-        t.join(5)
 
     def close(self):
         self.stop.set()

@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import prom_inputs as pi
+from peers import pump
 from support import ROOT, free_port, stop_process, wait_for
 from tor2influxdb2.model import Sample, TorStatus, make_tags
 from tor2influxdb2.redact import REDACTOR
@@ -729,7 +730,6 @@ class SocksStandIn:
             threading.Thread(target=self._one, args=(client,), daemon=True).start()
 
     def _one(self, client: socket.socket):
-        import threading
         with client:
             client.settimeout(10)
             greeting = client.recv(2)
@@ -746,23 +746,7 @@ class SocksStandIn:
             upstream = socket.create_connection(("127.0.0.1", self.port))
             client.sendall(b"\x05\x00\x00\x01" + bytes(4) + bytes(2))
             client.settimeout(None)
-
-            def pump(a, b):
-                try:
-                    while data := a.recv(65536):
-                        b.sendall(data)
-                except OSError:
-                    pass
-                finally:
-                    for s in (a, b):
-                        try:
-                            s.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-            other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
-            other.start()
-            pump(client, upstream)
-            other.join(10)
+            pump(client, upstream, join=10)
             upstream.close()
 
     def close(self):

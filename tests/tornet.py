@@ -45,6 +45,7 @@ from pathlib import Path
 import pytest
 
 import leakcheck
+from peers import recv_exact
 from support import TOR_BIN, free_port, hash_password, port_open, stop_process, wait_for
 
 PASSWORD = "tornet-pw"
@@ -399,18 +400,18 @@ def socks_open(socks_port: int, host: str, port: int, timeout: float = 15) -> tu
     s = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout)
     try:
         s.sendall(b"\x05\x01\x00")
-        if _recv_exact(s, 2) != b"\x05\x00":
+        if recv_exact(s, 2, "SOCKS5") != b"\x05\x00":
             raise ConnectionError("SOCKS5: no-auth method refused")
         s.sendall(request)
-        version, code, _, atyp = _recv_exact(s, 4)
+        version, code, _, atyp = recv_exact(s, 4, "SOCKS5")
         if version != 5:
             raise ConnectionError(f"SOCKS5: reply version {version}")
         if atyp == 1:
-            _recv_exact(s, 4 + 2)
+            recv_exact(s, 4 + 2, "SOCKS5")
         elif atyp == 4:
-            _recv_exact(s, 16 + 2)
+            recv_exact(s, 16 + 2, "SOCKS5")
         elif atyp == 3:
-            _recv_exact(s, _recv_exact(s, 1)[0] + 2)
+            recv_exact(s, recv_exact(s, 1, "SOCKS5")[0] + 2, "SOCKS5")
         else:
             raise ConnectionError(f"SOCKS5: reply address type {atyp}")
         return code, s
@@ -456,16 +457,6 @@ def socks_reply_code(socks_port: int, host: str, port: int, timeout: float = 60)
     code, s = socks_open(socks_port, host, port, timeout)
     s.close()
     return code
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("SOCKS5: connection closed")
-        buf += chunk
-    return buf
 
 
 def http_get_via_socks(socks_port: int, port: int, path: str, timeout: float = 30,

@@ -1,4 +1,5 @@
-"""Files the daemon writes (the health file, the buffer's directory), and links it may follow.
+"""Files the daemon writes (the health file, the buffer's directory), links it may follow, and
+the bounded read of the files configuration names (Docker secrets, host lists).
 
 A path may be a link planted by another user, pointing at a file of yours (or root's) that the
 daemon would then replace. So links are followed one at a time, and only links owned by root
@@ -133,3 +134,19 @@ def write_atomic_at(dir_fd: int, name: str, content: str, mode: int = 0o644) -> 
         except OSError:
             pass
         raise
+
+
+def read_text(path: str, name: str, limit: int) -> tuple[str | None, str | None]:
+    """(text, None) or (None, problem) for the UTF-8 file `path` that variable `name` gives, read
+    up to `limit` bytes (more is a problem); a UTF-8 byte order mark is dropped."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read(limit + 1)
+    except UnicodeDecodeError:
+        return None, f"{name}: {path} is not UTF-8 text"
+    except OSError as exc:
+        return None, f"{name}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+    if len(text) > limit:
+        size = f"{limit // 2 ** 20} MiB" if limit % 2 ** 20 == 0 else f"{limit // 1024} KiB"
+        return None, f"{name}: {path} is larger than {size}"
+    return text, None

@@ -17,6 +17,7 @@ import urllib.parse
 from typing import Mapping
 
 from .errors import ConfigError
+from .files import read_text
 from .redact import REDACTOR, Redactor
 from .targets import HOSTNAME_RE, TorHost, check_tag_value, parse_tor_hosts, shard, valid_port
 from .sources.control.metricsets import DEFAULT_SETS
@@ -172,18 +173,9 @@ class _Env:
         path = self.get(name)
         if not path:
             return None
-        try:
-            with open(path, encoding="utf-8-sig") as f:
-                text = f.read(1024 * 1024 + 1)
-        except UnicodeDecodeError:
-            self.problem(f"{name}: {path} is not UTF-8 text")
-            return None
-        except OSError as exc:
-            self.problem(f"{name}: cannot read {path}: {exc.strerror or type(exc).__name__}")
-            return None
-        if len(text) > 1024 * 1024:
-            self.problem(f"{name}: {path} is larger than 1 MiB")
-            return None
+        text, problem = read_text(path, name, 1024 * 1024)
+        if problem:
+            self.problem(problem)
         return text
 
     def secret(self, name: str, file_name: str, what: str, ascii_only: bool) -> str | None:

@@ -88,12 +88,9 @@ def parse_tor_host(entry: str, label: str = "entry") -> TorHost:
     An empty password (HOST:PORT::NAME) means no password, as if it were left out."""
     if entry.startswith("unix:"):
         path, sep, rest = entry[5:].partition(":")
-        if not path.startswith("/"):
-            raise EntryError("the unix socket path must be absolute (unix:/path/to/control.sock:NAME)")
-        if not path.isprintable():
-            raise EntryError("the unix socket path contains a control character")
-        if socket_path_too_long(path):
-            raise EntryError(SOCKET_PATH_TOO_LONG)
+        problem = socket_path_problem(path, "unix:/path/to/control.sock:NAME")
+        if problem:
+            raise EntryError(problem)
         if not sep:
             raise EntryError("expected unix:PATH:NAME or unix:PATH:PASSWORD:NAME (no name given)")
         password, has_password, name = rest.rpartition(":")
@@ -109,7 +106,7 @@ def parse_tor_host(entry: str, label: str = "entry") -> TorHost:
         except ValueError:
             raise EntryError("the address in brackets is not an IPv6 address") from None
         if not rest.startswith(":"):
-            raise EntryError(f"expected [IPv6]:PORT:NAME or [IPv6]:PORT:PASSWORD:NAME")
+            raise EntryError("expected [IPv6]:PORT:NAME or [IPv6]:PORT:PASSWORD:NAME")
         rest = rest[1:]
     else:
         address, sep, rest = entry.partition(":")
@@ -176,13 +173,17 @@ def valid_port(text: str) -> int | None:
     return port if 1 <= port <= 65535 else None
 
 
-SOCKET_PATH_TOO_LONG = (f"the unix socket path is longer than {MAX_SOCKET_PATH} bytes, the most a unix socket "
-                        "address holds (mount or link the socket at a shorter path)")
-
-
-def socket_path_too_long(path: str) -> bool:
-    """Whether `path` (a printable str) does not fit in sun_path with its NUL: connect() would fail."""
-    return len(os.fsencode(path)) > MAX_SOCKET_PATH
+def socket_path_problem(path: str, example: str) -> str | None:
+    """What is wrong with a unix socket path of TOR_HOSTS or TOR_METRICS_PORTS, or None: it must be
+    absolute, printable, and fit in sun_path with its NUL (or connect() would fail)."""
+    if not path.startswith("/"):
+        return f"the unix socket path must be absolute ({example})"
+    if not path.isprintable():
+        return "the unix socket path contains a control character"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return (f"the unix socket path is longer than {MAX_SOCKET_PATH} bytes, the most a unix socket "
+                "address holds (mount or link the socket at a shorter path)")
+    return None
 
 
 def _parse_port(text: str) -> int:

@@ -58,6 +58,7 @@ import urllib.parse
 from typing import Iterable, Mapping
 
 from ..errors import ConfigError
+from ..files import read_text
 from ..model import Sample, TorStatus
 from ..redact import REDACTOR, Redactor, clip
 from ..targets import valid_port
@@ -200,18 +201,9 @@ def parse_basic_auth(text: str, where: str = "PROMETHEUS_BASIC_AUTH_FILE",
 
 
 def _read(path: str, name: str, problems: list[str], limit: int = MAX_AUTH_FILE) -> str | None:
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read(limit + 1)
-    except UnicodeDecodeError:
-        problems.append(f"{name}: {path} is not UTF-8 text")
-        return None
-    except OSError as exc:
-        problems.append(f"{name}: cannot read {path}: {exc.strerror or type(exc).__name__}")
-        return None
-    if len(text) > limit:
-        problems.append(f"{name}: {path} is larger than {limit // 1024} KiB")
-        return None
+    text, problem = read_text(path, name, limit)
+    if problem:
+        problems.append(problem)
     return text
 
 

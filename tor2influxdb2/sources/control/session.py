@@ -36,7 +36,7 @@ import stem.response.protocolinfo
 
 from ...errors import Failure, Reason, SourceError, os_failure
 from ...model import Sample, make_tags
-from ...redact import REDACTOR, clip
+from ...redact import clip
 from ...targets import TorHost
 from ..loopsession import LoopSession
 from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,

@@ -21,7 +21,7 @@ import urllib.parse
 from typing import Collection, Iterable, Mapping
 
 from ...redact import clip
-from ...targets import HOSTNAME_RE, SOCKET_PATH_TOO_LONG, socket_path_too_long, valid_port
+from ...targets import HOSTNAME_RE, socket_path_problem, valid_port
 from .parse import DEFAULT_SELECTION, ONION_MODES, FamilySelection
 from .schema import DEFAULT_FAMILIES, FAMILIES, HS_PREFIX
 
@@ -89,12 +89,9 @@ def parse_address(text: str, label: str = "") -> MetricsAddress:
         raise AddressError(f"the address is empty (expected {FORMS})")
     if text.startswith("unix:"):
         path = text[5:]
-        if not path.startswith("/"):
-            raise AddressError("the unix socket path must be absolute (unix:/path/to/metrics.sock)")
-        if not path.isprintable():
-            raise AddressError("the unix socket path contains a control character")
-        if socket_path_too_long(path):
-            raise AddressError(SOCKET_PATH_TOO_LONG)
+        problem = socket_path_problem(path, "unix:/path/to/metrics.sock")
+        if problem:
+            raise AddressError(problem)
         return MetricsAddress(socket_path=path, label=label)
     if "://" in text:
         return _parse_url(text, label)

@@ -301,6 +301,8 @@ class PageParser:
             raise _protocol("the MetricsPort sent an empty page")
         families = select(text, self.selection)
         common = tuple(common)
+        if common != self._common:  # the first page, or the common tags changed (a new version)
+            self._common, self._tags = common, {}
         reserved = {k for k, _ in common}
         out: dict[tuple, dict] = {}
         merge = self.onion_label == "drop"
@@ -323,8 +325,6 @@ class PageParser:
              merge: bool) -> None:
         if not series.keep or not math.isfinite(value):
             return
-        if common != self._common:  # the first page, or the common tags changed (a new version)
-            self._common, self._tags = common, {}
         tags = self._tags.get(series)
         if tags is None:
             names = frozenset(reserved)

@@ -18,7 +18,6 @@ the cookie before the daemon sends anything derived from it.
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import ipaddress
 import hmac
@@ -38,13 +37,13 @@ from ...errors import Failure, Reason, SourceError, os_failure
 from ...model import Sample, make_tags
 from ...redact import clip
 from ...targets import TorHost
-from ..loopsession import LoopSession
+from ..loopsession import CONNECTING, LoopSession
 from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,
                          PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
-CLOSED, RESOLVING, CONNECTING, SETUP, READY, POLLING = "closed", "resolving", "connecting", "setup", "ready", "polling"
+CLOSED, RESOLVING, SETUP, READY, POLLING = "closed", "resolving", "setup", "ready", "polling"
 
 COOKIE_SIZE = 32
 QUICKACK = os.environ.get("T2I_NO_QUICKACK", "") == ""  # the bench measures the difference
@@ -184,31 +183,12 @@ class ControlSession(LoopSession):
 
     def _open(self, family: int, addr) -> None:
         self._close_socket()
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self._fail(os_failure(exc))
-            return
-        self.sock = sock  # from here _fail closes it
-        self._quickack = family != socket.AF_UNIX and _TCP_QUICKACK is not None and QUICKACK
-        try:
-            sock.setblocking(False)
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(addr)
-        except OSError as exc:  # an address connect() refuses outright (a unix path too long, ...)
-            self._fail(os_failure(exc))
-            return
-        if err in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self.state = CONNECTING
-            self.loop.watch(self, read=False, write=True)
-        else:
-            self._fail(os_failure(err))
+        tcp = family != socket.AF_UNIX
+        self._quickack = tcp and _TCP_QUICKACK is not None and QUICKACK
+        super()._open(family, addr, nodelay=tcp)
 
     def _connected(self) -> None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
+        self._raise_connect_error()
         self.state = SETUP
         self.reader = ReplyReader(keep_lines=True)
         self.pending = collections.deque([self._on_protocolinfo])

@@ -15,16 +15,14 @@ The interface is the poll loop's (that of the control-port session): ``busy``, `
 
 from __future__ import annotations
 
-import errno
 import http.client
 import io
 import ipaddress
-import os
 import socket
 import time
 from typing import Callable
 
-from ..loopsession import LoopSession
+from ..loopsession import CONNECTING, LoopSession
 from ... import __version__
 from ...errors import Failure, Reason, SourceError, os_failure
 from ...redact import clip
@@ -40,7 +38,7 @@ PROMETHEUS_TYPES = ("text/plain", "application/openmetrics-text")
 
 PREFIX = "MetricsPort: "
 
-CLOSED, RESOLVING, CONNECTING, SENDING, READING = "closed", "resolving", "connecting", "sending", "reading"
+CLOSED, RESOLVING, SENDING, READING = "closed", "resolving", "sending", "reading"
 
 def _fail_with(reason: Reason, text: str) -> SourceError:
     return SourceError(Failure(reason, PREFIX + text))
@@ -60,6 +58,8 @@ class MetricsSession(LoopSession):
     """Scrapes of one tor's MetricsPort (see the module's docstring). ``tags()`` gives the
     common tags, (key, value) pairs as model.make_tags makes them, at the end of each scrape.
     When a scrape ends, ``on_done(session, samples, failure)`` is called exactly once."""
+
+    failure_prefix = PREFIX
 
     def __init__(self, address: MetricsAddress, families: FamilySelection = DEFAULT_SELECTION,
                  onion_label: str = "hash", timeout: float = 5.0, loop=None,
@@ -145,29 +145,8 @@ class MetricsSession(LoopSession):
         self._fail(Failure(Reason.STOPPING, "stopping"), retry=False)
 
     # ------------------------------------------------------------------ connecting and asking
-    def _open(self, family: int, addr) -> None:
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self._fail(os_failure(exc, PREFIX))
-            return
-        self.sock = sock  # from here _fail closes it
-        try:
-            sock.setblocking(False)
-            err = sock.connect_ex(addr)
-        except OSError as exc:  # an address connect() refuses outright (a unix path too long, ...)
-            self._fail(os_failure(exc, PREFIX))
-            return
-        if err in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self.state = CONNECTING
-            self.loop.watch(self, read=False, write=True)
-        else:
-            self._fail(os_failure(err, PREFIX))
-
     def _connected(self) -> None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
+        self._raise_connect_error()
         self.state = SENDING
         self.out = self.request
         self._flush()

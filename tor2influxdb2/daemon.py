@@ -71,7 +71,7 @@ class Schedule:
         return due - now
 
 
-def make_poller(settings: Settings, max_open: int | None = None) -> Poller:
+def make_poller(settings: Settings, max_open: int | None = None, on_result=None) -> Poller:
     metrics = {}
     if settings.metrics_ports:
         from .sources.metricsport import DEFAULT_SELECTION, MetricsSession
@@ -81,7 +81,8 @@ def make_poller(settings: Settings, max_open: int | None = None) -> Poller:
                                                                           settings.tor_timeout, loop, tags))
     plan = Plan(tuple(s for s in settings.metric_sets if s in CONTROL_SETS))
     return Poller(settings.tor_hosts, settings.tor_timeout, settings.period, plan,
-                  TagPolicy(settings.service_tag, settings.send_version_tag), metrics, max_open=max_open)
+                  TagPolicy(settings.service_tag, settings.send_version_tag), metrics, max_open=max_open,
+                  on_result=on_result)
 
 
 def schema() -> dict:
@@ -348,8 +349,11 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             health.write(False, str(exc))
         return 2
     max_open = ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
-    poller = make_poller(settings, max_open)
     encoder = LineEncoder()
+    # Each tor's samples become lines as soon as that tor answered, and are dropped, unless a sink
+    # needs the samples themselves (Prometheus): a cycle never holds the fleet's samples and lines.
+    streaming = not any(isinstance(o, PrometheusOutput) for o in outputs)
+    poller = make_poller(settings, max_open, (lambda result: encode_result(result, encoder)) if streaming else None)
     watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
     schedule = Schedule(settings.period)
     try:
@@ -374,7 +378,7 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
             started = time.monotonic()
             results = poller.poll_all(stop)
             report()
-            if stop.is_set() and not any(r.samples for r in results):
+            if stop.is_set() and not any(r.samples or r.encoded for r in results):
                 break
             lines, stamps = collect_lines(results, encoder)
             if "daemon" in settings.metric_sets:
@@ -403,6 +407,7 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
                       time.monotonic() - started, good, len(results), len(lines), backlog)
             if max_cycles is not None and cycle >= max_cycles:
                 break
+            results = lines = stamps = own = None  # the buffer holds what is still waiting: nothing else may
             sleep(schedule.next_delay())
     except BrokenPipeError:
         LOG.info("stdout was closed by its reader: stopping")
@@ -421,9 +426,23 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
     return 0
 
 
+def encode_result(result: PollResult, encoder: LineEncoder) -> None:
+    """The poller's on_result: the tor's lines in result.encoded, its samples dropped."""
+    encoded = collect_lines([result], encoder)
+    if encoded[0]:
+        result.encoded = encoded
+    result.samples = []
+
+
 def collect_lines(results: list[PollResult], encoder: LineEncoder) -> tuple[list[str], list[int]]:
+    """The lines (and their times) of the results: encode_result's, or their samples encoded now."""
     lines, stamps = [], []
     for result in results:
+        if result.encoded is not None:
+            more_lines, more_stamps = result.encoded
+            lines += more_lines
+            stamps += more_stamps
+            continue
         for sample in result.samples:
             try:
                 line = encoder.encode(sample)

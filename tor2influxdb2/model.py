@@ -31,7 +31,7 @@ class Sample(NamedTuple):
 def make_tags(tags: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Tags in the canonical form of :attr:`Sample.tags`: sorted by key, empty values left out."""
     items = tags.items() if isinstance(tags, Mapping) else tags
-    return tuple(sorted((k, v) for k, v in items if v != ""))
+    return tuple(sorted(kv for kv in items if kv[1] != ""))  # the pairs themselves: a fleet shares them
 
 
 def field_type(value: FieldValue) -> str:

@@ -45,7 +45,8 @@ class PollResult:
     """What one tor gave in one cycle: samples (of the control port and, if it has one, the
     MetricsPort), or the failure that stopped each. ``skipped`` when the control port was not
     polled this cycle (still busy, backing off, no time left); ``metrics_failure`` is the
-    MetricsPort's failure (None when it answered or the tor has none)."""
+    MetricsPort's failure (None when it answered or the tor has none). ``encoded`` is the
+    consumer's (see the Poller's ``on_result``): the poller never reads it."""
 
     host: TorHost
     name: str
@@ -55,6 +56,7 @@ class PollResult:
     kind: str | None = None
     metrics_failure: Failure | None = None
     has_metrics: bool = False
+    encoded: object = None
 
     @property
     def ok(self) -> bool:
@@ -280,15 +282,23 @@ class Poller:
     any one thread; everything else happens in the loop thread.
 
     `metrics` maps TOR_HOSTS names to a factory (target's tags callable -> MetricsSession): those
-    tors' MetricsPorts are scraped in the same cycle, concurrently, each within its own timeout."""
+    tors' MetricsPorts are scraped in the same cycle, concurrently, each within its own timeout.
+
+    `on_result(result)`, if given, is called in the loop thread with each tor's PollResult as soon
+    as it is final (every source of that tor ended in this cycle, or the cycle ended), before
+    poll_all returns it. It may replace ``result.samples`` (the poller keeps no other reference),
+    e.g. by their encoding in ``result.encoded``: a cycle then never holds every tor's samples at
+    once. An error in it is logged at debug level and leaves the result as it was."""
 
     MAX_CONNECTING = 256
-    MAX_SCRAPING = 512
+    MAX_SCRAPING = 128
     MAX_BACKOFF = 60.0
 
     def __init__(self, hosts: Iterable[TorHost], timeout: float, period: float, plan: Plan | None = None,
-                 tags: TagPolicy | None = None, metrics: dict | None = None, max_open: int | None = None):
+                 tags: TagPolicy | None = None, metrics: dict | None = None, max_open: int | None = None,
+                 on_result: Callable[[PollResult], None] | None = None):
         self.timeout, self.period = timeout, period
+        self.on_result = on_result
         self.max_open = max_open  # most sockets at once (the open-file limit's share), None: no bound
         self.plan = plan or Plan()
         self.tags = tags or TagPolicy()
@@ -452,6 +462,8 @@ class Poller:
         if cycle is not None and cycle is self.cycle and cycle.control[target.index] is None:
             cycle.waiting -= 1
             cycle.control[target.index] = _Part(samples, failure)
+            if cycle.metrics[target.index] is not None:
+                self._result(cycle, target)
         else:  # the cycle it belonged to is over: keep its samples for the next one, account it now
             if samples:
                 target.late.extend(samples)
@@ -464,6 +476,8 @@ class Poller:
         if cycle is not None and cycle is self.cycle and cycle.metrics[target.index] is None:
             cycle.waiting -= 1
             cycle.metrics[target.index] = _Part(samples, failure)
+            if cycle.control[target.index] is not None:
+                self._result(cycle, target)
         else:
             if samples:
                 target.late.extend(samples)
@@ -503,22 +517,35 @@ class Poller:
         changes: list = []
         for target in self.targets:
             i = target.index
-            control = cycle.control[i] or _Part(failure=late or Failure(
+            control = cycle.control[i] = cycle.control[i] or _Part(failure=late or Failure(
                 Reason.NOT_POLLED, "still connecting when the cycle ended"), skipped=True)
-            metrics = cycle.metrics[i] or _Part(failure=late or Failure(
+            metrics = cycle.metrics[i] = cycle.metrics[i] or _Part(failure=late or Failure(
                 Reason.NOT_POLLED, "MetricsPort: still scraping when the cycle ended"), skipped=True)
             self._account(target, target.c, control.failure, control.skipped, cycle.start, changes)
             if target.metrics is not None:
                 self._account(target, target.m, metrics.failure, metrics.skipped, cycle.start, changes)
-            samples = target.late + control.samples + _retag(metrics.samples, target.control.base_tags())
-            target.late = []
-            cycle.results[i] = PollResult(target.host, target.control.display, samples, control.failure,
-                                          control.skipped, target.control.kind, metrics.failure,
-                                          target.metrics is not None)
+            if cycle.results[i] is None:
+                self._result(cycle, target)
         self._log_changes(changes)
         if self.cycle is cycle:
             self.cycle = None
         cycle.finished.set()
+
+    def _result(self, cycle: _Cycle, target: _Target) -> None:
+        """The tor's PollResult of this cycle, from both its parts, handed to on_result."""
+        i = target.index
+        control, metrics = cycle.control[i], cycle.metrics[i]
+        samples = target.late + control.samples + _retag(metrics.samples, target.control.base_tags())
+        target.late = []
+        control.samples = metrics.samples = []  # the result holds them now
+        result = cycle.results[i] = PollResult(target.host, target.control.display, samples, control.failure,
+                                               control.skipped, target.control.kind, metrics.failure,
+                                               target.metrics is not None)
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:  # noqa: BLE001 - the result stays as it was: its consumer handles it later
+                LOG.debug("on_result failed", exc_info=True)
 
     # ------------------------------------------------------------------ backoff and logs
     def _account(self, target: _Target, source: _Source, failure: Failure | None, skipped: bool,

@@ -36,11 +36,12 @@ import dataclasses
 import decimal
 import hashlib
 import math
+import operator
 import re
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ...errors import Failure, Reason, SourceError
-from ...model import Sample, make_tags
+from ...model import Sample
 from ...redact import clip
 from .schema import DEFAULT_FAMILIES, HS_PREFIX
 
@@ -169,20 +170,23 @@ class _Scan:
 
     def region(self, text: str, start: int | None, end: int) -> None:
         """The lines from the end of a TYPE line (None: the page's start) to `end`."""
+        if start is not None and len(self.allowed) == 1:
+            # every line is preceded by "\n"; the last "\n" (if any) ends the region. Counted in
+            # place: an unwanted family's lines are never copied
+            lines = text.count("\n", start, end) - (end > start and text[end - 1] == "\n")
+            name = self.name
+            own = (text.count("\n#", start, end) + text.count(f"\n{name}{{", start, end)
+                   + text.count(f"\n{name} ", start, end))
+            if own == lines:  # every line is a comment or a series of this family
+                if self.target is not None:
+                    kept = [line for line in text[start:end].split("\n") if line and line[0] != "#"]
+                    for needle in self.target_needles:
+                        kept = [line for line in kept if needle in line]
+                    self._keep(kept)
+                return
         region = text[start if start is not None else 0:end]
         if not region or region.isspace():
             return
-        if start is not None and len(self.allowed) == 1:
-            # every line is preceded by "\n"; the last "\n" (if any) ends the region
-            lines = region.count("\n") - region.endswith("\n")
-            name = self.name
-            own = region.count("\n#") + region.count("\n" + name + "{") + region.count("\n" + name + " ")
-            if own == lines:  # every line is a comment or a series of this family
-                if self.target is not None:
-                    needles = self.target_needles
-                    self._keep([line for line in region.split("\n") if line and line[0] != "#"
-                                and (not needles or all(n in line for n in needles))])
-                return
         for line in region.split("\n"):
             self.line(line)
 
@@ -252,14 +256,15 @@ def onion_hash(address: str) -> str:
 class _Series:
     """What one series of a page (one line, as tor writes it up to its value) turns into: the
     field its value goes to, its labels (a histogram's without ``le``), whether the selection
-    keeps it, and the tags its labels give (memoized per set of common tag names). The same for
-    every tor that writes that line: shared by the parsers of one selection and ONION_LABEL."""
+    keeps it, and per set of common tag names the tags its labels give with how to merge them
+    with the common ones in key order (see :meth:`PageParser._tagger`). The same for every tor
+    that writes that line: shared by the parsers of one selection and ONION_LABEL."""
 
     __slots__ = ("field", "labels", "keep", "extras")
 
     def __init__(self, field: str, labels: dict, keep: bool):
         self.field, self.labels, self.keep = field, labels, keep
-        self.extras: dict[frozenset, tuple] = {}
+        self.extras: dict[tuple, tuple] = {}  # common tag names -> PageParser._tagger(...)
 
 
 #: (selection, ONION_LABEL) -> the series their parsers learnt: one copy for a fleet of relays
@@ -274,10 +279,11 @@ class PageParser:
     made of a series (its labels) and the tags derived from it are kept, keyed by the series'
     text up to its value, and the next scrapes parse only the values of known series (with the
     rules of the library's own value parser). New series, and any line that does not split
-    plainly into series and value, go to the library. The cache holds at most CACHE_MAX series."""
+    plainly into series and value, go to the library. The cache holds at most CACHE_MAX series.
+    A tor's tag sets are not kept between pages: each is made anew from pairs the fleet shares
+    (1,000 relays would otherwise keep ~60,000 tag sets)."""
 
     CACHE_MAX = 65536  #: series known, shared by the parsers of one selection and ONION_LABEL
-    TAGS_MAX = 8192  #: tag sets this parser (this tor) keeps
 
     def __init__(self, selection: FamilySelection = DEFAULT_SELECTION, onion_label: str = "hash"):
         if onion_label not in ONION_MODES:
@@ -285,8 +291,6 @@ class PageParser:
         self.selection, self.onion_label = selection, onion_label
         shared = _SHARED.setdefault((id(selection), onion_label), (selection, {}))
         self._cache: dict[tuple[str, str, str], _Series] = shared[1]
-        self._common: tuple | None = None
-        self._tags: dict[_Series, tuple] = {}  # this tor's tags of each series, for self._common
 
     def parse(self, body: bytes | str, common: tuple[tuple[str, str], ...], time_ms: int) -> list[Sample]:
         """Samples of a page; SourceError (PROTOCOL, TOO_LARGE) when it is not a tor's page."""
@@ -301,40 +305,49 @@ class PageParser:
             raise _protocol("the MetricsPort sent an empty page")
         families = select(text, self.selection)
         common = tuple(common)
-        if common != self._common:  # the first page, or the common tags changed (a new version)
-            self._common, self._tags = common, {}
-        reserved = {k for k, _ in common}
+        names = tuple(k for k, _ in common)
         out: dict[tuple, dict] = {}
         merge = self.onion_label == "drop"
         cache = self._cache
+        isfinite = math.isfinite
         for name, (type_, lines) in families.items():
             new: list[str] = []
-            for line in lines:
+            for line in lines:  # _split and _add, inlined for the known series (the hot path)
                 key, value = _split(line)
                 series = cache.get((name, type_, key)) if key is not None else None
                 if series is None or value is None:
                     new.append(line)
                     continue
-                self._add(out, name, series, value, common, reserved, merge)
+                if not series.keep or not isfinite(value):
+                    continue
+                made = series.extras.get(names)
+                if made is None:
+                    made = series.extras[names] = self._tagger(series.labels, names)
+                where = (name, made[1](common + made[0]))
+                fields = out.get(where)
+                if fields is None:
+                    if len(out) >= MAX_SERIES:
+                        raise SourceError(Failure(Reason.TOO_LARGE, f"more than {MAX_SERIES} series"))
+                    out[where] = {series.field: value}
+                elif merge and series.field in fields:
+                    fields[series.field] += value
+                else:
+                    fields[series.field] = value
             if new:
                 for series, value in self._parse_new(name, type_, new):
-                    self._add(out, name, series, value, common, reserved, merge)
-        return [Sample(name, tags, fields, time_ms) for (name, tags), fields in out.items() if fields]
+                    self._add(out, name, series, value, common, names, merge)
+        new = tuple.__new__  # Sample(...) without the NamedTuple constructor's extra call (the hot path)
+        return [new(Sample, (name, tags, fields, time_ms)) for (name, tags), fields in out.items() if fields]
 
-    def _add(self, out: dict, name: str, series: _Series, value: float, common: tuple, reserved: set,
+    def _add(self, out: dict, name: str, series: _Series, value: float, common: tuple, names: tuple,
              merge: bool) -> None:
         if not series.keep or not math.isfinite(value):
             return
-        tags = self._tags.get(series)
-        if tags is None:
-            names = frozenset(reserved)
-            extra = series.extras.get(names)
-            if extra is None:
-                extra = series.extras[names] = self._extra(series.labels, reserved)
-            if len(self._tags) >= self.TAGS_MAX:
-                self._tags.clear()
-            tags = self._tags[series] = make_tags(common + extra)
-        key = (name, tags)
+        made = series.extras.get(names)
+        if made is None:
+            made = series.extras[names] = self._tagger(series.labels, names)
+        extra, pick = made
+        key = (name, pick(common + extra))
         fields = out.get(key)
         if fields is None:
             if len(out) >= MAX_SERIES:
@@ -388,6 +401,17 @@ class PageParser:
         except (TypeError, ValueError):
             raise _protocol(f"family {clip(name, 80)}: a series without a numeric {bound_label} label") from None
 
+    def _tagger(self, labels: dict, names: tuple) -> tuple[tuple, Callable[[tuple], tuple]]:
+        """(the tags a series' labels give, what makes a tag set of ``common + those``): the set is
+        sorted by key as model.make_tags sorts it. Keys are unique (a label named like a common tag
+        is renamed), so the order depends on the common tags' names only, not on their values."""
+        extra = self._extra(labels, set(names))
+        keys = names + tuple(k for k, _ in extra)
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        if len(order) >= 2:
+            return extra, operator.itemgetter(*order)
+        return extra, tuple
+
     def _extra(self, labels: dict, reserved: set) -> tuple:
         """The tags a series' labels give (cleaned, the onion label per ONION_LABEL)."""
         extra = []
@@ -401,7 +425,9 @@ class PageParser:
                     value = onion_hash(value)
             if label in reserved:
                 label = "exported_" + label
-            extra.append((label, _clean(value)))
+            value = _clean(value)
+            if value != "":  # an empty tag is no tag (model.make_tags)
+                extra.append((label, value))
         return tuple(extra)
 
 

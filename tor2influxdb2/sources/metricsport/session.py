@@ -2,8 +2,10 @@
 
 Each scrape opens a new connection (tor's MetricsPort answers one request per connection):
 resolve the name if it is one (in the loop's resolver), connect (TCP or a unix socket), send one
-``GET <path> HTTP/1.0``, read the answer to its Content-Length or to EOF, parse it with the
-stdlib's http.client, then the page (:class:`~.parse.PageParser`). Everything a peer controls is
+``GET <path> HTTP/1.0``, read the answer to its Content-Length or to EOF, read its header
+(:func:`parse_header`: the status line and the few fields that matter, strictly; a chunked body,
+which tor does not send, is decoded by the stdlib's http.client), then the page
+(:class:`~.parse.PageParser`). Everything a peer controls is
 bounded: the header (:data:`MAX_HEADER`), the body (:data:`MAX_BODY`; more fails with
 Reason.TOO_LARGE before it is read), the series of a page (parse.MAX_SERIES), and the time (the
 scrape's deadline). Every failure is a typed :class:`~tor2influxdb2.errors.Failure` with a short,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
+import re
 import socket
 import time
 from typing import Callable
@@ -40,8 +43,54 @@ PREFIX = "MetricsPort: "
 
 CLOSED, RESOLVING, SENDING, READING = "closed", "resolving", "sending", "reading"
 
+STATUS_RE = re.compile(r"HTTP/[0-9]\.[0-9][ \t]+([0-9]{3})(?:[ \t]+(.*))?")
+FIELD_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+NOT_HTTP = "the answer is not HTTP: is this tor's MetricsPort?"
+
+
 def _fail_with(reason: Reason, text: str) -> SourceError:
     return SourceError(Failure(reason, PREFIX + text))
+
+
+class Header:
+    """An HTTP response header: ``status``, ``reason`` and ``fields`` (lower-case name -> value;
+    a field sent twice keeps its first value, as http.client reads them)."""
+
+    __slots__ = ("status", "reason", "fields")
+
+    def __init__(self, status: int, reason: str, fields: dict[str, str]):
+        self.status, self.reason, self.fields = status, reason, fields
+
+
+def parse_header(raw: bytes) -> Header:
+    """The header of an answer (its bytes up to the blank line, excluded). SourceError(PROTOCOL)
+    for anything that is not an HTTP/1.x status line and ``name: value`` lines (a folded line
+    continues the previous value), and for two different Content-Lengths."""
+    lines = raw.decode("latin-1").split("\n")
+    match = STATUS_RE.fullmatch(lines[0].rstrip("\r"))
+    if match is None:
+        raise _fail_with(Reason.PROTOCOL, f"{NOT_HTTP} (bad status line)")
+    fields: dict[str, str] = {}
+    folding = None  # the name whose value a folded line continues (None: the line before was a repeat)
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if line[:1] in (" ", "\t"):
+            if folding is not None:
+                fields[folding] = f"{fields[folding]} {line.strip()}"
+            continue
+        name, colon, value = line.partition(":")
+        name = name.lower()
+        if not colon or not FIELD_NAME_RE.fullmatch(name):
+            raise _fail_with(Reason.PROTOCOL, f"{NOT_HTTP} (a malformed header line)")
+        value = value.strip()
+        if name in fields:
+            if name == "content-length" and fields[name] != value:
+                raise _fail_with(Reason.PROTOCOL, "two different Content-Length fields")
+            folding = None
+        else:
+            fields[name] = value
+            folding = name
+    return Header(int(match.group(1)), match.group(2) or "", fields)
 
 
 class _Received:
@@ -79,7 +128,7 @@ class MetricsSession(LoopSession):
         self.out = b""
         self.buffer = bytearray()
         self.header_end = -1
-        self.response: http.client.HTTPResponse | None = None
+        self.headed = False  # the header is read
         self.length: int | None = None
         self.chunked = False
         self.chunked_tries = 0
@@ -123,7 +172,7 @@ class MetricsSession(LoopSession):
         if self.busy and now >= self.deadline:
             if self.state in (RESOLVING, CONNECTING):
                 what = "no connection"
-            elif self.response is None:
+            elif not self.headed:
                 what = "no answer"
             else:
                 what = f"answer incomplete ({len(self.buffer) - self.header_end} bytes)"
@@ -163,7 +212,7 @@ class MetricsSession(LoopSession):
     # ------------------------------------------------------------------ reading the answer
     def _read(self) -> None:
         # at most one byte past the limits, counted from where the body starts once the header is read
-        start = self.header_end if self.response is not None else MAX_HEADER
+        start = self.header_end if self.headed else MAX_HEADER
         room = start + MAX_BODY + 1 - len(self.buffer)
         if room <= 0:  # never recv(0), which reads as EOF (a truncated page), nor recv(<0)
             raise _fail_with(Reason.TOO_LARGE, f"the page is larger than {MAX_BODY // 1024 // 1024} MiB")
@@ -175,9 +224,9 @@ class MetricsSession(LoopSession):
             self._eof()
             return
         self.buffer += data
-        if self.response is None:
+        if not self.headed:
             self._header()
-            if self.response is None:
+            if not self.headed:
                 return
         body = len(self.buffer) - self.header_end
         if body > MAX_BODY:
@@ -190,50 +239,51 @@ class MetricsSession(LoopSession):
 
     def _header(self) -> None:
         buffer = self.buffer
-        ends = [(at, size) for at, size in ((buffer.find(b"\r\n\r\n"), 4), (buffer.find(b"\n\n"), 2)) if at >= 0]
-        end, size = min(ends) if ends else (-1, 0)
+        end, size = buffer.find(b"\r\n\r\n", 0, MAX_HEADER + 4), 4  # never searched in a page's body
+        bare = buffer.find(b"\n\n", 0, end + 2 if end >= 0 else MAX_HEADER + 2)
+        if bare >= 0 and (end < 0 or bare < end):
+            end, size = bare, 2
         if end < 0:
             if len(buffer) > MAX_HEADER:
                 raise _fail_with(Reason.TOO_LARGE, f"the HTTP header is larger than {MAX_HEADER // 1024} KiB")
             if not buffer.startswith(b"HTTP/"[:len(buffer)]):
-                raise _fail_with(Reason.PROTOCOL, "the answer is not HTTP: is this tor's MetricsPort?")
+                raise _fail_with(Reason.PROTOCOL, NOT_HTTP)
             return
         if end > MAX_HEADER:
             raise _fail_with(Reason.TOO_LARGE, f"the HTTP header is larger than {MAX_HEADER // 1024} KiB")
         self.header_end = end + size
         self.time_ms = time.time_ns() // 1_000_000
-        response = http.client.HTTPResponse(_Received(bytes(buffer[:self.header_end])))
-        try:
-            response.begin()
-        except (http.client.HTTPException, ValueError) as exc:
-            raise _fail_with(Reason.PROTOCOL, "the answer is not HTTP: is this tor's MetricsPort? "
-                                              f"({clip(type(exc).__name__, 40)})") from None
-        if response.status != 200:
-            hint = " (tor serves only /metrics)" if response.status == 404 else ""
-            raise _fail_with(Reason.PROTOCOL, f"HTTP {response.status} {clip(response.reason, 60)}{hint}")
-        content_type = (response.getheader("Content-Type") or "text/plain").split(";")[0].strip().lower()
+        header = parse_header(bytes(buffer[:end]))
+        if header.status != 200:
+            hint = " (tor serves only /metrics)" if header.status == 404 else ""
+            raise _fail_with(Reason.PROTOCOL, f"HTTP {header.status} {clip(header.reason, 60)}{hint}")
+        fields = header.fields
+        content_type = (fields.get("content-type") or "text/plain").split(";")[0].strip().lower()
         if content_type not in PROMETHEUS_TYPES:
             raise _fail_with(Reason.PROTOCOL, f"the page is not Prometheus text (Content-Type "
                                               f"{clip(content_type, 60)})")
-        encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+        encoding = (fields.get("content-encoding") or "identity").lower()
         if encoding != "identity":
             raise _fail_with(Reason.PROTOCOL, f"the page is compressed ({clip(encoding, 30)}), which this "
                                               "daemon does not ask for")
-        self.chunked = response.chunked
-        if not self.chunked and response.length is not None:
-            if response.length > MAX_BODY:
+        self.chunked = fields.get("transfer-encoding", "").lower() == "chunked"
+        length = fields.get("content-length")
+        if not self.chunked and length is not None:
+            if not length.isdigit() or not length.isascii():
+                raise _fail_with(Reason.PROTOCOL, f"a bad Content-Length ({clip(length, 30)})")
+            if len(length) > 12 or int(length) > MAX_BODY:
                 raise _fail_with(Reason.TOO_LARGE, f"the page is larger than {MAX_BODY // 1024 // 1024} MiB "
-                                                   f"({response.length} bytes announced)")
-            self.length = response.length
-        self.response = response
+                                                   f"({clip(length, 30)} bytes announced)")
+            self.length = int(length)
+        self.headed = True
 
     def _eof(self) -> None:
-        if self.response is None:
+        if not self.headed:
             if not self.buffer:
                 raise _fail_with(Reason.CLOSED, "closed the connection without answering (does "
                                                 "MetricsPortPolicy accept this daemon's address?)")
             self._header()
-            if self.response is None:
+            if not self.headed:
                 raise _fail_with(Reason.PROTOCOL, "the connection closed within the HTTP header")
         body = len(self.buffer) - self.header_end
         if self.length is not None and body < self.length:

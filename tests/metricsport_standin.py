@@ -28,7 +28,7 @@ class StandIn:
             self.listener = socket.socket(family, socket.SOCK_STREAM)
             self.listener.bind((host, 0))
             self.port = self.listener.getsockname()[1]
-        self.listener.listen(16)
+        self.listener.listen(socket.SOMAXCONN)  # as tor listens: a daemon connects up to 128 at once
         self.listener.settimeout(0.2)
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from metricsport_standin import StandIn, tor_like
-from support import Daemon, run_daemon, wait_for
+from support import DAEMON, Daemon, run_daemon, wait_for
+from tor2influxdb2.daemon import Pieces
+from tor2influxdb2.model import Sample, make_tags
+from tor2influxdb2.poller import PollResult
+from tor2influxdb2.sinks.lineprotocol import LineEncoder
+from tor2influxdb2.targets import parse_tor_host
 
 BODY = (Path(__file__).parent / "data" / "metricsport" / "relay-exit-lead-capture.prom").read_bytes()
 
@@ -132,3 +140,60 @@ def test_metricsport_configuration_errors_are_reported_with_the_others():
     assert r.returncode == 2 and "Traceback" not in r.stderr
     for needle in ("TOR_METRICS_PORTS entry 2", "TOR_METRICS_PORTS entry 3", "ONION_LABEL", "RUN_EVERY_SECONDS"):
         assert needle in r.stderr, r.stderr
+
+
+def test_pieces_hand_over_a_requests_worth_while_the_cycle_runs_and_the_rest_at_its_end():
+    """The poll thread encodes each tor's samples and drops them; the main thread takes the lines
+    once a request's worth waits (during the cycle), and all that is left at its end: every line
+    once, in the order the tors answered."""
+    pieces = Pieces(LineEncoder(), piece=10)
+    results = []
+    for tor in range(5):
+        samples = [Sample("m", make_tags({"host": f"t{tor}"}), {"v": i}, 1000 + tor) for i in range(4)]
+        results.append(PollResult(parse_tor_host(f"127.0.0.1:9051:t{tor}"), f"t{tor}", samples))
+    taken = []
+    for result in results:
+        pieces.add(result)
+        assert result.samples == []  # encoded, then dropped
+        taken.append(pieces.take())
+    assert [len(lines) for lines, _ in taken] == [0, 0, 12, 0, 0]  # at 10 or more: a piece
+    rest = pieces.take(everything=True)
+    assert len(rest[0]) == 8 and pieces.take(everything=True) == ([], [])
+    lines = taken[2][0] + rest[0]
+    assert lines == [f"m,host=t{t} v={i}i {1000 + t}" for t in range(5) for i in range(4)]
+    assert taken[2][1] + rest[1] == [1000 + t for t in range(5) for _ in range(4)]
+
+
+def test_a_fleets_points_of_every_cycle_arrive_once_though_handed_over_in_pieces(tmp_path, make_tor, standins):
+    """200 tors with a MetricsPort: about 12,000 points a cycle, more than a request's worth, so
+    they leave in pieces while the cycle runs. On stdout (--line-protocol) every tor has each of
+    its series once per cycle, and the lines are as many as the cycles' logs count."""
+    tor = make_tor(auth="none")
+    metrics = standins(tor_like(BODY, keep_open=False))
+    names = [f"fleet{i:03d}" for i in range(200)]
+    env = {"PATH": "/usr/bin:/bin", "TOR_HOSTS": ",".join(tor.entry(n) for n in names),
+           "TOR_METRICS_PORTS": ",".join(f"{n}=127.0.0.1:{metrics.port}" for n in names),
+           "RUN_EVERY_SECONDS": "2", "TOR_TIMEOUT": "1.5", "VERBOSE": "true"}
+    log = tmp_path / "stderr"
+    with open(log, "w") as errors:
+        proc = subprocess.Popen([sys.executable, str(DAEMON), "--line-protocol"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=errors)
+    out_lines: list[str] = []
+    reader = threading.Thread(target=lambda: out_lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: log.read_text().count(" done in ") >= 4, 60, what="4 cycles")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        reader.join(5)
+    err = log.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    counted = [int(m.group(1)) for m in re.finditer(r"cycle \d+ done in [\d.]+ s: \d+/\d+ hosts ok, (\d+) points", err)]
+    assert len(counted) >= 4 and max(counted) > 5000  # more than one request's worth: handed over in pieces
+    assert sum(counted) == len(out_lines)  # none lost
+    assert len(set(out_lines)) == len(out_lines)  # none twice (each cycle has its own time stamps)
+    exit_flag = {line.split(",host=", 1)[1].split(",", 1)[0] for line in out_lines
+                 if line.startswith("tor_relay_flag,") and ",type=Exit" in line}
+    traffic = {line.split(",host=", 1)[1].split(",", 1)[0] for line in out_lines if line.startswith("traffic,")}
+    assert exit_flag == traffic == set(names)

@@ -14,7 +14,7 @@ from influx_standin import InfluxStandin
 from support import port_open, wait_for
 from tor2influxdb2.errors import Reason, WriteError
 from tor2influxdb2.sinks.buffer import FallbackBuffer, MemoryBuffer
-from tor2influxdb2.sinks.influx import Delivery, InfluxWriter, parse_retry_after
+from tor2influxdb2.sinks.influx import Delivery, InfluxWriter, gzip_lines, parse_retry_after
 
 TOKEN = "test-token"
 
@@ -304,3 +304,13 @@ def test_victoriametrics_accepts_the_writes(victoria):
     writer = writer_for(victoria.url)
     writer.write(["traffic,host=vm-check read=5i 1795300000000"])
     assert victoria.samples("traffic_read", host="vm-check") == [(1795300000000, 5.0)]
+
+
+@pytest.mark.parametrize("count", [1, 255, 256, 257, 5000])
+def test_a_request_body_is_every_line_once_in_order_gzipped(count):
+    """The body is compressed a few hundred lines at a time: what InfluxDB unzips is exactly the
+    lines joined by newlines, whatever the count (piece boundaries included)."""
+    lines = [f"m,host=tor{i % 7} value={i}i {1796000000000 + i}" for i in range(count)]
+    body = gzip_lines(lines)
+    assert body[:2] == b"\x1f\x8b"
+    assert gzip.decompress(body).decode() == "\n".join(lines)

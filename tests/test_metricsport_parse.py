@@ -390,3 +390,17 @@ def test_onion_hash_is_the_documented_one():
     out = subprocess.run(f"printf %s {address} | sha256sum | cut -c1-16", shell=True, capture_output=True, text=True)
     assert onion_hash(address) == out.stdout.strip() and len(out.stdout.strip()) == 16
     assert DEFAULT_SELECTION.wants("tor_hs_anything_new")
+
+
+def test_tag_sets_are_canonical_whatever_common_tags_a_tor_has():
+    """A tag set is made anew at each page from the series' labels (shared by every parser of a
+    selection) and the tor's common tags, in key order: exactly what make_tags makes of them, for
+    any set of common tags, and each tor keeps its own."""
+    page = (DATA / "relay-exit-lead-capture.prom").read_bytes()
+    commons = [COMMON, make_tags({"host": "relay2"}), make_tags({"host": "relay3", "version": "0.4.9.11"}),
+               make_tags({"zz": "last", "host": "relay4", "a": "first", "service": "tor"})]
+    for common in commons:
+        samples = PageParser().parse(page, common, 1)
+        assert len(samples) > 40
+        for sample in samples:
+            assert sample.tags == make_tags(sample.tags) and set(common) <= set(sample.tags), sample

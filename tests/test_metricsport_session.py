@@ -16,13 +16,13 @@ import pytest
 
 from metricsport_standin import StandIn, tor_like
 from support import free_port, wait_for
-from tor2influxdb2.errors import Reason
+from tor2influxdb2.errors import Reason, SourceError
 from tor2influxdb2.model import make_tags
 from tor2influxdb2.poller import EventLoop
 from tor2influxdb2.sources.metricsport import (DEFAULT_FAMILIES, MetricsAddress, MetricsSession, PageParser,
                                                parse_address)
 from tor2influxdb2.sources.metricsport.parse import ALL_SELECTION
-from tor2influxdb2.sources.metricsport.session import MAX_BODY, MAX_HEADER
+from tor2influxdb2.sources.metricsport.session import MAX_BODY, MAX_HEADER, parse_header
 from tornet import tornet  # noqa: F401  (the session fixture, used by name)
 
 DATA = Path(__file__).parent / "data" / "metricsport"
@@ -191,6 +191,11 @@ def test_a_server_that_hangs_costs_the_deadline_and_no_more(serve, loop):
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Reason.PROTOCOL, "chunked"),
     (b"", Reason.CLOSED, "MetricsPortPolicy"),
     (b"HTTP/1.0 200 OK\r\n", Reason.PROTOCOL, "within the HTTP header"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 12a\r\n\r\n", Reason.PROTOCOL, "a bad Content-Length (12a)"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", Reason.PROTOCOL,
+     "two different Content-Length"),
+    (b"HTTP/1.0 200 OK\r\nthis line has no colon\r\n\r\n", Reason.PROTOCOL, "a malformed header line"),
+    (b"HTTP/2 200\r\n\r\n", Reason.PROTOCOL, "not HTTP"),
 ])
 def test_garbage_is_a_typed_failure(serve, loop, answer, reason, words):
     def behave(server, conn):
@@ -376,3 +381,19 @@ def test_scrapes_the_relays_of_the_private_network(tornet, loop):  # noqa: F811
     assert handshakes > 0  # circuits were built through these relays: ntor v3, only on the MetricsPort
     for node in relays:
         assert 0 < len(PageParser().parse(node.metrics().encode(), COMMON, 0)) < 80  # a live relay's default series
+
+
+def test_the_header_parser_reads_what_http_allows_and_keeps_first_values():
+    """Status lines with or without a reason, bare newlines, folded lines, names in any case; a
+    field sent twice keeps its first value, as http.client reads it; the same Content-Length twice
+    is fine."""
+    header = parse_header(b"HTTP/1.1 200\nContent-TYPE: text/plain;\n charset=utf-8\nX-A: 1\nx-a: 2\n"
+                          b"Content-Length: 7\r\ncontent-length: 7")
+    assert (header.status, header.reason) == (200, "")
+    assert header.fields == {"content-type": "text/plain; charset=utf-8", "x-a": "1", "content-length": "7"}
+    assert parse_header(b"HTTP/1.0 404 Not Found").reason == "Not Found"
+    for bad in (b"", b"HTTP/1.0", b"HTTP/1.0 2000 OK", b"ICY 200 OK", b"HTTP/1.0 200 OK\n: no name",
+                b"HTTP/1.0 200 OK\nbad name: x"):
+        with pytest.raises(SourceError) as caught:
+            parse_header(bad)
+        assert caught.value.failure.reason == Reason.PROTOCOL and "not HTTP" in caught.value.failure.message

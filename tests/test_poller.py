@@ -237,3 +237,44 @@ def test_a_thousand_kept_connections_polled_in_one_cycle(make_tor):
     finally:
         poller.close()
     print(f"1,000 kept connections to one tor: steady cycle {took:.3f} s")
+
+
+def test_each_tor_is_handed_to_on_result_once_as_soon_as_both_its_sources_answered(make_tor, proxy_factory):
+    """on_result gets every tor's result once, in the loop thread, with the samples of its control
+    port and its MetricsPort, when both answered: while a silent tor still holds the cycle open. What
+    it takes from a result is not kept anywhere (the result poll_all returns has no samples)."""
+    from pathlib import Path
+
+    from metricsport_standin import StandIn, tor_like
+    from tor2influxdb2.sources.metricsport import DEFAULT_SELECTION, MetricsSession, parse_address
+    body = (Path(__file__).parent / "data" / "metricsport" / "relay-exit-lead-capture.prom").read_bytes()
+    tor = make_tor(auth="none")
+    silent = proxy_factory(mode="silent")
+    server = StandIn(tor_like(body, keep_open=False))
+    hosts = [parse_tor_host(f"127.0.0.1:{tor.port}:t{i}") for i in range(20)] + [TorHost("silent", "127.0.0.1",
+                                                                                        silent.port)]
+    address = parse_address(f"127.0.0.1:{server.port}")
+    metrics = {f"t{i}": (lambda loop, tags: MetricsSession(address, DEFAULT_SELECTION, "hash", 3, loop, tags))
+               for i in range(20)}
+    seen, started = [], time.monotonic()
+
+    def on_result(result):
+        seen.append((result.name, threading.current_thread().name, time.monotonic() - started,
+                     {s.measurement for s in result.samples}, result.ok))
+        result.samples = []
+    poller = Poller(hosts, timeout=3, period=5, metrics=metrics, on_result=on_result)
+    try:
+        results = poller.poll_all(threading.Event())
+        took = time.monotonic() - started
+    finally:
+        poller.close()
+        server.close()
+    assert sorted(name for name, *_ in seen) == sorted(h.name for h in hosts)  # each once
+    assert {thread for _, thread, *_ in seen} == {"poll"}
+    for name, _, at, measurements, ok in seen:
+        if name == "silent":
+            assert not ok and at >= 2.9  # handed over when the cycle ended
+        else:
+            assert ok and {"traffic", "tor_relay_flag", "tor_relay_load_onionskins_total"} <= measurements
+            assert at < took - 1, (at, took)  # long before the silent tor let the cycle end
+    assert [r.name for r in results] == [h.name for h in hosts] and not any(r.samples for r in results)

@@ -22,7 +22,7 @@ from .poller import Poller, PollResult
 from .redact import mask
 from .settings import Settings
 from .sinks.buffer import open_buffer
-from .sinks.influx import Delivery, InfluxWriter
+from .sinks.influx import MAX_LINES_PER_REQUEST, Delivery, InfluxWriter
 from .sinks.lineprotocol import LineEncoder
 from .sinks.report import report
 from .sources.control.metricsets import SCHEMA as CONTROL_SCHEMA
@@ -214,12 +214,12 @@ class InfluxOutput:
     def start(self) -> None:
         self.delivery.start()
 
-    def submit(self, lines: list[str], stamps: list[int]) -> int:
-        backlog = len(self.buffer)  # points of earlier cycles not delivered yet
+    def submit(self, lines: list[str], stamps: list[int]) -> None:
         if lines:
             self.delivery.submit(lines, stamps)
+
+    def end_cycle(self) -> None:
         self.buffer.check()
-        return backlog
 
     def backlog(self) -> int:
         return len(self.buffer)
@@ -269,11 +269,12 @@ class StdoutOutput(_Unbuffered):
     def start(self) -> None:
         pass
 
-    def submit(self, lines: list[str], stamps: list[int]) -> int:
+    def submit(self, lines: list[str], stamps: list[int]) -> None:
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()  # BrokenPipeError when the reader went away: the daemon stops
-        return 0
+            self.stream.write("\n".join(lines) + "\n")  # BrokenPipeError when the reader went away: the
+                                                          # daemon stops
+    def end_cycle(self) -> None:
+        self.stream.flush()
 
     def close(self) -> None:
         try:
@@ -309,8 +310,11 @@ class PrometheusOutput(_Unbuffered):
                                       tuple(result.samples) if result.ok else (), result.error, sources))
         self.sink.update(statuses, daemon)
 
-    def submit(self, lines, stamps) -> int:
-        return 0
+    def submit(self, lines, stamps) -> None:
+        pass
+
+    def end_cycle(self) -> None:
+        pass
 
     def close(self) -> None:
         self.sink.close()
@@ -350,10 +354,11 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         return 2
     max_open = ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
     encoder = LineEncoder()
-    # Each tor's samples become lines as soon as that tor answered, and are dropped, unless a sink
-    # needs the samples themselves (Prometheus): a cycle never holds the fleet's samples and lines.
-    streaming = not any(isinstance(o, PrometheusOutput) for o in outputs)
-    poller = make_poller(settings, max_open, (lambda result: encode_result(result, encoder)) if streaming else None)
+    # Each tor's samples become lines as soon as that tor answered, and are dropped, and the lines
+    # go to the outputs while the cycle runs, a request's worth at a time, unless a sink needs the
+    # samples themselves (Prometheus): a cycle never holds the whole fleet's samples or lines.
+    pieces = None if any(isinstance(o, PrometheusOutput) for o in outputs) else Pieces(encoder)
+    poller = make_poller(settings, max_open, pieces.add if pieces is not None else None)
     watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
     schedule = Schedule(settings.period)
     try:
@@ -376,20 +381,35 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         while not stop.is_set():
             cycle += 1
             started = time.monotonic()
-            results = poller.poll_all(stop)
+            handed = 0  # points of this cycle handed to the outputs so far
+
+            def hand_over(lines: list[str], stamps: list[int]) -> None:
+                nonlocal handed
+                handed += len(lines)
+                for output in outputs:
+                    output.submit(lines, stamps)
+
+            results = poller.poll_all(stop, idle=(lambda: hand_over(*pieces.take())) if pieces is not None
+                                      else None)
             report()
-            if stop.is_set() and not any(r.samples or r.encoded for r in results):
+            lines, stamps = pieces.take(everything=True) if pieces is not None else ([], [])
+            if stop.is_set() and not handed and not lines and not any(r.samples for r in results):
                 break
-            lines, stamps = collect_lines(results, encoder)
+            more, more_stamps = collect_lines(results, encoder)  # of the tors whose samples were kept
+            lines += more
+            stamps += more_stamps
+            # points of earlier cycles still waiting: delivery is oldest first, so if any point of
+            # this cycle was delivered, none of theirs waits
+            backlog = max(0, sum(output.backlog() for output in outputs) - handed)
             if "daemon" in settings.metric_sets:
-                waiting = sum(output.backlog() for output in outputs)
-                own = daemon_samples(settings, results, poller, time.monotonic() - started, len(lines), waiting,
-                                     schedule.skipped)
+                own = daemon_samples(settings, results, poller, time.monotonic() - started, handed + len(lines),
+                                     backlog, schedule.skipped)
                 more, more_stamps = collect_lines([PollResult(None, "", own)], encoder)
-                lines, stamps = lines + more, stamps + more_stamps
-            backlog = 0
+                lines += more
+                stamps += more_stamps
+            hand_over(lines, stamps)
             for output in outputs:
-                backlog += output.submit(lines, stamps)
+                output.end_cycle()
             figures = {"cycle_seconds": round(time.monotonic() - started, 6)}
             if any(isinstance(o, InfluxOutput) for o in outputs):
                 figures["buffer_points"] = sum(o.backlog() for o in outputs)
@@ -401,10 +421,10 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
                 watchdog.cycle_finished()
             good = sum(1 for r in results if r.ok)
             done_at = time.monotonic()
-            LAST_CYCLE.update(cycle=cycle, ok=good, tors=len(results), points=len(lines), waiting=backlog,
+            LAST_CYCLE.update(cycle=cycle, ok=good, tors=len(results), points=handed, waiting=backlog,
                               age=lambda t=done_at: f"{time.monotonic() - t:.0f}")
             LOG.debug("cycle %d done in %.3f s: %d/%d hosts ok, %d points, %d waiting", cycle,
-                      time.monotonic() - started, good, len(results), len(lines), backlog)
+                      time.monotonic() - started, good, len(results), handed, backlog)
             if max_cycles is not None and cycle >= max_cycles:
                 break
             results = lines = stamps = own = None  # the buffer holds what is still waiting: nothing else may
@@ -426,23 +446,39 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
     return 0
 
 
-def encode_result(result: PollResult, encoder: LineEncoder) -> None:
-    """The poller's on_result: the tor's lines in result.encoded, its samples dropped."""
-    encoded = collect_lines([result], encoder)
-    if encoded[0]:
-        result.encoded = encoded
-    result.samples = []
+class Pieces:
+    """Lines the poll thread encoded, waiting for the main thread to hand them to the outputs.
+
+    :meth:`add` is the poller's on_result (the poll thread): the tor's samples become lines and
+    are dropped. :meth:`take` (the main thread, while the cycle runs and after it) gives what
+    waits once it is a request's worth (MAX_LINES_PER_REQUEST), or everything."""
+
+    def __init__(self, encoder: LineEncoder, piece: int = MAX_LINES_PER_REQUEST):
+        self.encoder, self.piece = encoder, piece
+        self.lock = threading.Lock()
+        self.lines: list[str] = []
+        self.stamps: list[int] = []
+
+    def add(self, result: PollResult) -> None:
+        lines, stamps = collect_lines([result], self.encoder)
+        result.samples = []
+        with self.lock:
+            self.lines += lines
+            self.stamps += stamps
+
+    def take(self, everything: bool = False) -> tuple[list[str], list[int]]:
+        with self.lock:
+            if not everything and len(self.lines) < self.piece:
+                return [], []
+            out = self.lines, self.stamps
+            self.lines, self.stamps = [], []
+            return out
 
 
 def collect_lines(results: list[PollResult], encoder: LineEncoder) -> tuple[list[str], list[int]]:
-    """The lines (and their times) of the results: encode_result's, or their samples encoded now."""
+    """The lines (and their times) of the results' samples."""
     lines, stamps = [], []
     for result in results:
-        if result.encoded is not None:
-            more_lines, more_stamps = result.encoded
-            lines += more_lines
-            stamps += more_stamps
-            continue
         for sample in result.samples:
             try:
                 line = encoder.encode(sample)

@@ -45,8 +45,7 @@ class PollResult:
     """What one tor gave in one cycle: samples (of the control port and, if it has one, the
     MetricsPort), or the failure that stopped each. ``skipped`` when the control port was not
     polled this cycle (still busy, backing off, no time left); ``metrics_failure`` is the
-    MetricsPort's failure (None when it answered or the tor has none). ``encoded`` is the
-    consumer's (see the Poller's ``on_result``): the poller never reads it."""
+    MetricsPort's failure (None when it answered or the tor has none)."""
 
     host: TorHost
     name: str
@@ -56,7 +55,6 @@ class PollResult:
     kind: str | None = None
     metrics_failure: Failure | None = None
     has_metrics: bool = False
-    encoded: object = None
 
     @property
     def ok(self) -> bool:
@@ -286,9 +284,9 @@ class Poller:
 
     `on_result(result)`, if given, is called in the loop thread with each tor's PollResult as soon
     as it is final (every source of that tor ended in this cycle, or the cycle ended), before
-    poll_all returns it. It may replace ``result.samples`` (the poller keeps no other reference),
-    e.g. by their encoding in ``result.encoded``: a cycle then never holds every tor's samples at
-    once. An error in it is logged at debug level and leaves the result as it was."""
+    poll_all returns it. It may take ``result.samples`` away (the poller keeps no other reference):
+    a cycle then never holds every tor's samples at once. An error in it is logged at debug level
+    and leaves the result as it was."""
 
     MAX_CONNECTING = 256
     MAX_SCRAPING = 128
@@ -320,10 +318,15 @@ class Poller:
         self._thread.start()
 
     # ------------------------------------------------------------------ the caller's side
-    def poll_all(self, stop: threading.Event, budget: float | None = None) -> list[PollResult]:
+    def poll_all(self, stop: threading.Event, budget: float | None = None,
+                 idle: Callable[[], None] | None = None) -> list[PollResult]:
+        """One cycle: every tor's PollResult, in TOR_HOSTS order. `idle()`, if given, is called in
+        the caller's thread about every 50 ms while the cycle runs (an error in it ends the wait)."""
         cycle = _Cycle(len(self.targets), time.monotonic() + (budget if budget is not None else self.period))
         self.loop.post(lambda: self._begin(cycle))
         while not cycle.finished.wait(0.05):
+            if idle is not None:
+                idle()
             if stop.is_set() or self._closed:
                 self.loop.post(lambda: self._finish(cycle, stopping=True))
                 if not cycle.finished.wait(1.0):  # the loop thread is stuck: answer without it

@@ -149,7 +149,7 @@ class MemoryBuffer:
                 if len(ids) >= limit:
                     break
                 take = limit - len(ids)
-                ids += list(chunk.ids)[:take] if take < len(chunk) else list(chunk.ids)
+                ids += chunk.ids[:take]  # a range slice: a big cycle's ids are never all made at once
                 lines += chunk.get_lines()[:take]
         return Batch(ids, lines, self) if ids else None
 

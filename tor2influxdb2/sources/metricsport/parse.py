@@ -311,13 +311,18 @@ class PageParser:
         cache = self._cache
         isfinite = math.isfinite
         for name, (type_, lines) in families.items():
+            found: list[tuple[_Series, float]] = []
             new: list[str] = []
-            for line in lines:  # _split and _add, inlined for the known series (the hot path)
+            for line in lines:
                 key, value = _split(line)
                 series = cache.get((name, type_, key)) if key is not None else None
                 if series is None or value is None:
                     new.append(line)
-                    continue
+                else:
+                    found.append((series, value))
+            if new:
+                found += self._parse_new(name, type_, new)
+            for series, value in found:
                 if not series.keep or not isfinite(value):
                     continue
                 made = series.extras.get(names)
@@ -329,34 +334,12 @@ class PageParser:
                     if len(out) >= MAX_SERIES:
                         raise SourceError(Failure(Reason.TOO_LARGE, f"more than {MAX_SERIES} series"))
                     out[where] = {series.field: value}
-                elif merge and series.field in fields:
+                elif merge and series.field in fields:  # ONION_LABEL=drop: the services' series summed
                     fields[series.field] += value
-                else:
+                else:  # a new field of the series (a bucket), or the same series twice: the last one counts
                     fields[series.field] = value
-            if new:
-                for series, value in self._parse_new(name, type_, new):
-                    self._add(out, name, series, value, common, names, merge)
-        new = tuple.__new__  # Sample(...) without the NamedTuple constructor's extra call (the hot path)
-        return [new(Sample, (name, tags, fields, time_ms)) for (name, tags), fields in out.items() if fields]
-
-    def _add(self, out: dict, name: str, series: _Series, value: float, common: tuple, names: tuple,
-             merge: bool) -> None:
-        if not series.keep or not math.isfinite(value):
-            return
-        made = series.extras.get(names)
-        if made is None:
-            made = series.extras[names] = self._tagger(series.labels, names)
-        extra, pick = made
-        key = (name, pick(common + extra))
-        fields = out.get(key)
-        if fields is None:
-            if len(out) >= MAX_SERIES:
-                raise SourceError(Failure(Reason.TOO_LARGE, f"more than {MAX_SERIES} series"))
-            out[key] = {series.field: value}
-        elif merge and series.field in fields:
-            fields[series.field] += value
-        else:  # a new field of the series (a bucket), or the same series twice: the last one counts
-            fields[series.field] = value
+        make = tuple.__new__  # Sample(...) without the NamedTuple constructor's extra call (the hot path)
+        return [make(Sample, (name, tags, fields, time_ms)) for (name, tags), fields in out.items() if fields]
 
     def _parse_new(self, name: str, type_: str, lines: list[str]) -> Iterable[tuple[_Series, float]]:
         """Parse lines with prometheus_client; remember each series for the next pages."""

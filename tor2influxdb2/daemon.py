@@ -1,7 +1,9 @@
 """The daemon: the schedule, one cycle after another, ``-t`` and ``--schema``.
 
-This is the only module that knows both sources and sinks: each cycle the poller's samples are
-encoded as line protocol and handed to delivery, and the health file gets the cycle's verdict.
+This is the only module that knows both sources and sinks: as each tor answers, the poller hands
+its samples over (on_result) to be encoded as line protocol and dropped; the lines go to the
+outputs in request-sized pieces while the cycle runs (:class:`Pieces`), and the health file gets
+the cycle's verdict. With a Prometheus endpoint the samples are kept for it until the cycle ends.
 """
 
 from __future__ import annotations
@@ -270,9 +272,9 @@ class StdoutOutput(_Unbuffered):
         pass
 
     def submit(self, lines: list[str], stamps: list[int]) -> None:
-        if lines:
-            self.stream.write("\n".join(lines) + "\n")  # BrokenPipeError when the reader went away: the
-                                                          # daemon stops
+        if lines:  # BrokenPipeError (here or at the flush) when the reader went away: the daemon stops
+            self.stream.write("\n".join(lines) + "\n")
+
     def end_cycle(self) -> None:
         self.stream.flush()
 

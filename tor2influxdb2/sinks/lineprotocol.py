@@ -3,9 +3,9 @@
 A line is the escaped measurement, its ``tag=value`` pairs, the fields (sorted by name, as
 influxdb-client writes them) and the time. What is escaped is cached per measurement and per
 tag pair, not per whole tag set: the pairs are few (a fleet's tors share their labels, each tor
-its host and version), the tag sets many (1,000 relays' MetricsPorts write ~60,000 each cycle). Integers get the ``i`` suffix, floats are written
-in Python's shortest round-trip form (a non-finite float is left out), strings are quoted with
-``\\`` and ``"`` escaped.
+its host and version), the tag sets many (1,000 relays' MetricsPorts write ~60,000 a cycle).
+Integers get the ``i`` suffix, floats are written in Python's shortest round-trip form (a
+non-finite float is left out), strings are quoted with ``\\`` and ``"`` escaped.
 
 Tag values must not contain a backslash or a control character: InfluxDB and other servers
 read a backslash in a tag value differently, so the settings refuse such names and the sources

@@ -95,18 +95,31 @@ def test_accounting_with_accountingmax(make_tor):
     assert acct["interval_end"] > time.time()
 
 
-def commands_of_three_polls(tor) -> list[str]:
+def commands_of_polls(tor, polls=3, between=None, full=False) -> list[list[str]]:
+    """The commands (their first word, or with `full` the whole line) the daemon sent in each poll
+    (the first: with the set-up); `between(i, result)` runs after poll i."""
     proxy = RecordingProxy(tor.port)
     try:
         poller = Poller([TorHost("t", "127.0.0.1", proxy.port)], timeout=5, period=6, plan=ALL)
+        out, seen = [], 0
         try:
-            for _ in range(3):
-                assert poller.poll_all(threading.Event())[0].ok
+            for i in range(polls):
+                [result] = poller.poll_all(threading.Event())
+                assert result.ok, result.error
+                commands = [c if full else c.split()[0] for c in proxy.commands()]
+                out.append(commands[seen:])
+                seen = len(commands)
+                if between is not None:
+                    between(i, result)
         finally:
             poller.close()
-        return [c.split()[0] for c in proxy.commands()]
+        return out
     finally:
         proxy.close()
+
+
+def commands_of_three_polls(tor) -> list[str]:
+    return [c for poll in commands_of_polls(tor) for c in poll]
 
 
 SETUP = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
@@ -114,20 +127,76 @@ SETUP = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
 
 def test_round_trips_one_getinfo_for_a_client_pipelined_questions_for_a_relay(make_tor):
     """A client: one GETINFO a poll. A relay that is not in the consensus (DisableNetwork): the
-    reachability GETINFO, GETCONF and its ns/id entry at every poll, so that the poll after its
-    first consensus shows it listed."""
+    reachability GETINFO and its ns/id entry at every poll, so that the poll after its first
+    consensus shows it listed; GETCONF once (tor announces changes: CONF_CHANGED)."""
     client = make_tor(auth="none")
     relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
     assert commands_of_three_polls(client) == SETUP + ["GETINFO"] * 3
-    assert commands_of_three_polls(relay) == SETUP + ["GETINFO", "GETINFO", "GETCONF", "GETINFO"] * 3
+    assert commands_of_three_polls(relay) == SETUP + ["GETINFO", "GETINFO", "GETCONF", "GETINFO"] + \
+        ["GETINFO", "GETINFO", "GETINFO"] * 2
 
 
 def test_a_listed_relays_consensus_entry_is_asked_once_per_refresh(make_tor, monkeypatch):
     import tor2influxdb2.sources.control.session as session
     monkeypatch.setattr(session, "parse_ns", lambda text: (True, 20, frozenset({"Running", "Valid"})))
     relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
-    per_poll = ["GETINFO", "GETINFO", "GETCONF"]
-    assert commands_of_three_polls(relay) == SETUP + per_poll + ["GETINFO"] + per_poll * 2  # NS_REFRESH: 300 s
+    per_poll = ["GETINFO", "GETINFO"]
+    # NS_REFRESH and CONF_REFRESH: 300 s
+    assert commands_of_three_polls(relay) == SETUP + per_poll + ["GETCONF", "GETINFO"] + per_poll * 2
+
+
+def effective_rate(result):
+    return by_measurement(result)["relay"].fields["effective_rate"]
+
+
+def test_a_changed_bandwidth_option_shows_at_the_next_poll(make_tor):
+    """The GETCONF answer is kept only while tor says nothing changed: a SETCONF by another
+    controller, or a reload of a changed torrc (SIGHUP), shows in the relay point at the next poll."""
+    import signal
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto", "BandwidthRate 5 MB"))
+    rates = []
+
+    def change(i, result):
+        rates.append(effective_rate(result))
+        if i == 1:
+            with tor.controller() as c:
+                c.set_conf("RelayBandwidthRate", "1 MB")
+        elif i == 3:
+            torrc = tor.workdir / "torrc"
+            torrc.write_text(torrc.read_text().replace("BandwidthRate 5 MB", "BandwidthRate 3 MB"))
+            tor.proc.send_signal(signal.SIGHUP)  # tor rereads its torrc: RelayBandwidthRate back to 0
+            time.sleep(1)
+
+    polls = commands_of_polls(tor, polls=6, between=change)
+    assert rates == [5 * 2 ** 20, 5 * 2 ** 20, 2 ** 20, 2 ** 20, 3 * 2 ** 20, 3 * 2 ** 20]
+    assert ["GETCONF" in poll[len(SETUP):] if i == 0 else "GETCONF" in poll for i, poll in enumerate(polls)] == \
+        [True, False, True, False, True, False]
+
+
+def test_without_configuration_events_the_options_are_asked_at_every_poll(make_tor, monkeypatch):
+    """A tor that refuses the subscription (here: an event name it does not know, which fails the whole
+    SETEVENTS) is asked GETCONF at every poll, and CONN_BW alone is asked for again."""
+    import tor2influxdb2.sources.control.session as session
+    monkeypatch.setattr(session, "EVENTS", (("CONN_BW", "bandwidth"), ("NO_SUCH_EVENT", "relay")))
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    polls = commands_of_polls(tor)
+    assert polls[0][:3] == ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS"] and polls[0].count("SETEVENTS") == 2
+    assert all("GETCONF" in poll for poll in polls[1:])
+
+
+def test_the_options_are_asked_again_every_refresh(make_tor, monkeypatch):
+    import tor2influxdb2.sources.control.session as session
+    monkeypatch.setattr(session, "CONF_REFRESH", 0.0)
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    assert all("GETCONF" in poll for poll in commands_of_polls(tor)[1:])
+
+
+def test_version_and_version_status_are_asked_at_every_poll(make_tor):
+    """Nothing kept: a tor upgrade shows in the version tag and version_status at the next poll."""
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    for poll in commands_of_polls(tor, full=True):
+        [main] = [c.split()[1:] for c in poll if c.startswith("GETINFO version ")]
+        assert "status/version/current" in main
 
 
 def test_core_alone_still_arrives_when_an_optional_key_fails(make_tor, monkeypatch):

@@ -8,7 +8,10 @@ service, version) and the time the tor answered. What is asked, per poll:
   bandwidth: none of these keys fails on any kind of node, so one failing key never costs the
   others (a 552 for a key an older tor does not know drops that key, once);
 * for relays and bridges (``relay`` set), pipelined in the same round trip: one ``GETINFO`` of
-  the reachability keys, one ``GETCONF`` of the bandwidth options, and every
+  the reachability keys; ``GETCONF`` of the bandwidth options at the first poll, then only after
+  tor announced a configuration change (the connection listens to ``CONF_CHANGED``: the next
+  poll asks again, or the poll under way, which then takes one more round trip) and every
+  :data:`CONF_REFRESH` seconds (at every poll if tor refused the subscription); and every
   :data:`NS_REFRESH` seconds ``GETINFO ns/id/<fingerprint>`` (the consensus changes hourly), at
   every poll while the relay is not listed;
 
@@ -30,6 +33,7 @@ SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
 DEFAULT_SETS = ("core",)
 COMMON_TAGS = ("host", "service", "version")
 NS_REFRESH = 300.0
+CONF_REFRESH = 300.0
 INT64_MAX = 2 ** 63 - 1
 
 #: Every flag tor's authorities can give (dir-spec "known-flags", tor 0.4.9).
@@ -160,6 +164,7 @@ class Answers:
     counts: dict[str, int] = {}
     failed: frozenset[str] | set[str] = frozenset()
     conf: dict[str, str | None] | None = None
+    conf_kept = False  # conf is the answer of an earlier poll
     reach: dict[str, str | None] | None = None
     ns: tuple[bool, int | None, frozenset[str]] | None = None  # (in consensus, weight, flags)
     kind: str | None = None

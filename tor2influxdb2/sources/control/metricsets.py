@@ -154,6 +154,22 @@ def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None
     return rate, burst
 
 
+class Memo(dict):
+    """Results of a pure function of tor's answer texts, by those texts (most barely change between
+    polls: parsing them again would cost more than a lookup). Bounded: cleared when full."""
+
+    def __init__(self, function: Callable, size: int = 4096):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key):
+        value = self.function(*key) if isinstance(key, tuple) else self.function(key)
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
 # ------------------------------------------------------------------------------------ answers
 
 class Answers:
@@ -222,53 +238,71 @@ CORE_MEASUREMENTS = tuple((m, tuple((f, k, k in COUNTED_KEYS) for f, k in pairs)
 ))
 
 
+def _status_fields(liveness, circuit, dormant, enough, phase, version_status, limit) -> dict:
+    """The status fields but uptime, from their texts (None ones left out)."""
+    progress = PROGRESS_RE.search(phase or "")
+    fields = {
+        "network_liveness": {"up": 1, "down": 0}.get((liveness or "").strip()),
+        "circuit_established": parse_bool(circuit),
+        "dormant": parse_bool(dormant),
+        "enough_dir_info": parse_bool(enough),
+        "bootstrap_progress": int(progress.group(1)) if progress and int(progress.group(1)) <= 100 else None,
+        "version_status": parse_word(version_status),
+        "descriptor_limit": parse_int(limit),
+    }
+    return {k: x for k, x in fields.items() if x is not None}
+
+
+_STATUS_KEYS = ("network-liveness", "status/circuit-established", "dormant", "status/enough-dir-info",
+                "status/bootstrap-phase", "status/version/current", "process/descriptor-limit")
+_STATUS_FIELDS = Memo(_status_fields)
+
+
 def _status(a: Answers) -> Built:
     v = a.values
-    liveness = (v.get("network-liveness") or "").strip()
-    progress = PROGRESS_RE.search(v.get("status/bootstrap-phase") or "")
-    fields = {
-        "uptime": parse_int(v.get("uptime")),
-        "network_liveness": {"up": 1, "down": 0}.get(liveness),
-        "circuit_established": parse_bool(v.get("status/circuit-established")),
-        "dormant": parse_bool(v.get("dormant")),
-        "enough_dir_info": parse_bool(v.get("status/enough-dir-info")),
-        "bootstrap_progress": int(progress.group(1)) if progress and int(progress.group(1)) <= 100 else None,
-        "version_status": parse_word(v.get("status/version/current")),
-        "descriptor_limit": parse_int(v.get("process/descriptor-limit")),
-    }
-    fields = {k: x for k, x in fields.items() if x is not None}
+    get = v.get
+    uptime = parse_int(get("uptime"))
+    rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]
+    fields = {"uptime": uptime, **rest} if uptime is not None else dict(rest)
     return [("status", fields, ())] if fields else []
 
 
-def _accounting(a: Answers) -> Built:
-    v = a.values
-    enabled = parse_bool(v.get("accounting/enabled"))
+def _accounting_fields(enabled, hibernating, used, left, end) -> dict | None:
+    enabled = parse_bool(enabled)
     if enabled is None:
-        return []
+        return None
     fields: dict = {"enabled": enabled}
-    hibernating = parse_word(v.get("accounting/hibernating"))
+    hibernating = parse_word(hibernating)
     if hibernating is not None:
         fields["hibernating"] = hibernating
     if enabled:  # without AccountingMax tor answers zeros and 1970: not written as if measured
-        used, left = parse_pair(v.get("accounting/bytes")), parse_pair(v.get("accounting/bytes-left"))
+        used, left = parse_pair(used), parse_pair(left)
         if used:
             fields["read_bytes"], fields["written_bytes"] = used
         if left:
             fields["read_left"], fields["written_left"] = left
-        end = parse_iso_time(v.get("accounting/interval-end"))
+        end = parse_iso_time(end)
         if end:
             fields["interval_end"] = end
-    return [("accounting", fields, ())]
+    return fields
+
+
+_ACCOUNTING_KEYS = ("accounting/enabled", "accounting/hibernating", "accounting/bytes", "accounting/bytes-left",
+                    "accounting/interval-end")
+_ACCOUNTING_FIELDS = Memo(_accounting_fields)
+
+
+def _accounting(a: Answers) -> Built:
+    fields = _ACCOUNTING_FIELDS[tuple(map(a.values.get, _ACCOUNTING_KEYS))]
+    return [] if fields is None else [("accounting", dict(fields), ())]
 
 
 GUARD_STATES = {"up": "up", "down": "down", "never-connected": "never_connected", "unusable": "unusable"}
 
 
-def _guards(a: Answers) -> Built:
-    if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
-        return []
+def _guard_fields(text: str | None) -> dict:
     fields = dict.fromkeys(("up", "down", "never_connected", "unusable", "total"), 0)
-    for line in (a.values["entry-guards"] or "").splitlines():
+    for line in (text or "").splitlines():
         words = line.split()
         if len(words) < 2:
             continue
@@ -276,7 +310,16 @@ def _guards(a: Answers) -> Built:
         state = GUARD_STATES.get(words[1])
         if state:
             fields[state] += 1
-    return [("guards", fields, ())]
+    return fields
+
+
+_GUARD_FIELDS = Memo(_guard_fields, size=1024)
+
+
+def _guards(a: Answers) -> Built:
+    if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
+        return []
+    return [("guards", dict(_GUARD_FIELDS[a.values["entry-guards"]]), ())]
 
 
 def _bandwidth(a: Answers) -> Built:
@@ -288,6 +331,11 @@ def _bandwidth(a: Answers) -> Built:
     reads, writes = [], []
     for item in items:
         read, _, written = item.partition(",")
+        if 0 < len(read) <= 18 and 0 < len(written) <= 18 and read.isdigit() and written.isdigit() \
+                and item.isascii():  # the common case inline: plain decimals of at most 18 digits
+            reads.append(int(read))
+            writes.append(int(written))
+            continue
         r, w = parse_int(read), parse_int(written)
         if r is not None and w is not None:
             reads.append(r)
@@ -305,11 +353,7 @@ def _relay(a: Answers) -> Built:
     tags = (("fingerprint", a.fingerprint), ("nickname", a.nickname or "Unnamed"))
     fields: dict = {}
     if a.conf is not None:
-        rate, burst = effective_rates(a.conf)
-        if rate is not None:
-            fields["effective_rate"] = rate
-        if burst is not None:
-            fields["effective_burst"] = burst
+        fields.update(_RATE_FIELDS[tuple(map(a.conf.get, _RATE_OPTIONS))])
     if a.reach is not None:
         reach_or = parse_bool(a.reach.get("status/reachability-succeeded/or"))
         reach_dir = parse_bool(a.reach.get("status/reachability-succeeded/dir"))
@@ -318,13 +362,33 @@ def _relay(a: Answers) -> Built:
         if reach_dir is not None and a.kind == "relay":
             fields["reachable_dir"] = reach_dir
     if a.kind == "relay" and a.ns is not None:  # bridges are in no consensus: nothing said
-        listed, weight, flags = a.ns
-        fields["in_consensus"] = int(listed)
-        if listed and weight is not None:
-            fields["consensus_weight"] = weight
-        for flag in FLAGS:
-            fields["flag_" + flag.lower()] = int(listed and flag in flags)
+        fields.update(_NS_FIELDS[a.ns])
     return [("relay", fields, tags)] if fields else []
+
+
+def _rate_fields(*values) -> dict:
+    rate, burst = effective_rates(dict(zip(_RATE_OPTIONS, values)))
+    fields = {}
+    if rate is not None:
+        fields["effective_rate"] = rate
+    if burst is not None:
+        fields["effective_burst"] = burst
+    return fields
+
+
+def _ns_fields(listed: bool, weight: int | None, flags: frozenset[str]) -> dict:
+    fields = {"in_consensus": int(listed)}
+    if listed and weight is not None:
+        fields["consensus_weight"] = weight
+    for flag, name in _FLAG_FIELDS:
+        fields[name] = int(listed and flag in flags)
+    return fields
+
+
+_RATE_OPTIONS = BANDWIDTH_OPTIONS[1:]
+_RATE_FIELDS = Memo(_rate_fields, size=1024)
+_NS_FIELDS = Memo(_ns_fields, size=1024)
+_FLAG_FIELDS = tuple((flag, "flag_" + flag.lower()) for flag in FLAGS)
 
 
 BUILDERS: dict[str, Callable[[Answers], Built]] = {
@@ -342,6 +406,7 @@ class Plan:
             raise ValueError(f"unknown metric sets: {unknown}")
         self.sets = tuple(s for s in SET_NAMES if s in sets)
         self.needs_kind = "relay" in self.sets or "guards" in self.sets
+        self._builders = tuple((name, BUILDERS[name]) for name in self.sets)
 
     def main_sets(self, kind: str | None) -> tuple[str, ...]:
         """The sets asked in the one GETINFO (relay has its own questions; guards only off relays)."""
@@ -361,9 +426,10 @@ class Plan:
     def build(self, answers: Answers) -> Built:
         """(measurement, fields, extra tags) of every set that answered; core failures raise."""
         out: Built = []
-        for name in self.sets:
-            if name not in answers.failed:
-                out += BUILDERS[name](answers)
+        failed = answers.failed
+        for name, builder in self._builders:
+            if name not in failed:
+                out += builder(answers)
         return out
 
 

@@ -250,6 +250,49 @@ def test_guard_states_are_counted():
     assert fields == {"up": 1, "down": 1, "never_connected": 1, "unusable": 1, "total": 4}
 
 
+def test_what_is_kept_between_polls_follows_every_change():
+    """The parsed status, accounting, guards, rates and consensus fields are reused only for the same
+    answer texts: a poll whose answers changed gets the new values (the same memo across polls)."""
+    plan, memo = Plan(SET_NAMES), {}
+    conf = {"Nickname": "r", "BandwidthRate": "5000", "BandwidthBurst": "9000", "RelayBandwidthRate": "0",
+            "RelayBandwidthBurst": "0", "MaxAdvertisedBandwidth": "5000"}
+    base = {"version": "0.4.9.11", "traffic/read": "1", "traffic/written": "2", "stats/ntor/requested": "0",
+            "stats/ntor/assigned": "0", "stats/tap/requested": "0", "stats/tap/assigned": "0", "uptime": "10",
+            "network-liveness": "up", "status/circuit-established": "1", "dormant": "0",
+            "status/enough-dir-info": "1", "status/bootstrap-phase": "NOTICE BOOTSTRAP PROGRESS=100 TAG=done",
+            "status/version/current": "recommended", "process/descriptor-limit": "1000",
+            "accounting/enabled": "0", "accounting/hibernating": "awake", "accounting/bytes": "0 0",
+            "accounting/bytes-left": "0 0", "accounting/interval-end": "1970-01-01 00:00:00",
+            "entry-guards": "$92CD45441526048416558C49E7514C22E34DFBE0~a up"}
+
+    def build(kind, values, conf=conf, ns=(True, 20, frozenset({"Running"}))):
+        a = Answers()
+        a.values, a.counts = values, {"circuit-status": 0, "stream-status": 0}
+        a.kind, a.fingerprint, a.conf, a.ns, a.reach, a.memo = kind, "A" * 40, conf, ns, {}, memo
+        return {m: fields for m, fields, _ in plan.build(a)}
+
+    first = build("client", base)
+    assert first["status"]["version_status"] == "recommended" and first["guards"]["up"] == 1
+    changed = dict(base, **{"status/version/current": "obsolete", "dormant": "1", "uptime": "12",
+                            "accounting/enabled": "1", "accounting/hibernating": "soft",
+                            "accounting/bytes": "5 6", "accounting/bytes-left": "7 8",
+                            "entry-guards": "$92CD45441526048416558C49E7514C22E34DFBE0~a down 2026-12-01 20:00:00"})
+    second = build("client", changed)
+    assert (second["status"]["version_status"], second["status"]["dormant"], second["status"]["uptime"]) == \
+        ("obsolete", 1, 12)
+    assert (second["accounting"]["hibernating"], second["accounting"]["read_bytes"],
+            second["accounting"]["written_left"]) == ("soft", 5, 8)
+    assert (second["guards"]["up"], second["guards"]["down"]) == (0, 1)
+    relay = build("relay", base)["relay"]
+    assert (relay["effective_rate"], relay["consensus_weight"], relay["flag_running"], relay["flag_exit"]) == \
+        (5000, 20, 1, 0)
+    relay = build("relay", base, conf=dict(conf, RelayBandwidthRate="3000"), ns=(True, 30, frozenset({"Exit"})))["relay"]
+    assert (relay["effective_rate"], relay["consensus_weight"], relay["flag_running"], relay["flag_exit"]) == \
+        (3000, 30, 0, 1)
+    assert build("relay", base, ns=(False, None, frozenset()))["relay"]["in_consensus"] == 0
+    assert build("client", base) == first  # and back
+
+
 def test_a_hostile_version_answer_becomes_a_clean_tag(make_tor):
     from fake_control import FakeControlPort
     reply = ("250-version=0.4.9.11\\ ,evil=1\r\n250-traffic/read=1\r\n250-traffic/written=2\r\n"

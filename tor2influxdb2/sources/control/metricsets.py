@@ -155,8 +155,9 @@ def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None
 
 
 class Memo(dict):
-    """Results of a pure function of tor's answer texts, by those texts (most barely change between
-    polls: parsing them again would cost more than a lookup). Bounded: cleared when full."""
+    """Results of a pure function of answer texts that many tors share and that barely change between
+    polls (parsing them again would cost more than a lookup), by those texts. Bounded: cleared when
+    full. (What is one tor's own, its entry guards or consensus entry, is kept per tor: memoized().)"""
 
     def __init__(self, function: Callable, size: int = 4096):
         super().__init__()
@@ -168,6 +169,19 @@ class Memo(dict):
             self.clear()
         self[key] = value
         return value
+
+
+def memoized(a: "Answers", name: str, key: tuple, function: Callable):
+    """function(*key), reusing the result of this tor's previous poll when its key was the same."""
+    memo = a.memo
+    if memo is None:
+        return function(*key)
+    hit = memo.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = function(*key)
+    memo[name] = (key, value)
+    return value
 
 
 # ------------------------------------------------------------------------------------ answers
@@ -188,6 +202,7 @@ class Answers:
     nickname: str | None = None
     elapsed: float | None = None  # seconds since this tor's previous poll
     unknown: frozenset[str] = frozenset()  # keys this tor does not know
+    memo: dict | None = None  # this tor's results of memoized(), from its session
 
     def fail(self, name: str) -> None:
         if not isinstance(self.failed, set):
@@ -313,13 +328,10 @@ def _guard_fields(text: str | None) -> dict:
     return fields
 
 
-_GUARD_FIELDS = Memo(_guard_fields, size=1024)
-
-
 def _guards(a: Answers) -> Built:
     if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
         return []
-    return [("guards", dict(_GUARD_FIELDS[a.values["entry-guards"]]), ())]
+    return [("guards", dict(memoized(a, "guards", (a.values["entry-guards"],), _guard_fields)), ())]
 
 
 def _bandwidth(a: Answers) -> Built:
@@ -362,7 +374,7 @@ def _relay(a: Answers) -> Built:
         if reach_dir is not None and a.kind == "relay":
             fields["reachable_dir"] = reach_dir
     if a.kind == "relay" and a.ns is not None:  # bridges are in no consensus: nothing said
-        fields.update(_NS_FIELDS[a.ns])
+        fields.update(memoized(a, "ns", a.ns, _ns_fields))
     return [("relay", fields, tags)] if fields else []
 
 
@@ -387,7 +399,6 @@ def _ns_fields(listed: bool, weight: int | None, flags: frozenset[str]) -> dict:
 
 _RATE_OPTIONS = BANDWIDTH_OPTIONS[1:]
 _RATE_FIELDS = Memo(_rate_fields, size=1024)
-_NS_FIELDS = Memo(_ns_fields, size=1024)
 _FLAG_FIELDS = tuple((flag, "flag_" + flag.lower()) for flag in FLAGS)
 
 

@@ -110,6 +110,7 @@ class ControlSession(LoopSession):
         self.conf: dict | None = None  # the bandwidth options as tor last answered them
         self.conf_at = float("-inf")
         self.conf_events = False  # tor announces configuration changes to this connection (CONF_CHANGED)
+        self.memo: dict = {}  # what the metric sets derived from this tor's last answers (metricsets.memoized)
         self._cookie: bytes | None = None
         self._nonce: bytes | None = None
         self._questions: tuple | None = None
@@ -430,6 +431,7 @@ class ControlSession(LoopSession):
         a = self.answers
         a.kind, a.fingerprint, a.nickname, a.ns, a.unknown = (self.kind, self.fingerprint, self.nickname, self.ns,
                                                               self.unknown)
+        a.memo = self.memo
         version = clean_version(a.values.get("version"))
         built = self.plan.build(a)  # raises SourceError when core is broken
         base = self._base_tags(version)

@@ -95,18 +95,31 @@ def test_accounting_with_accountingmax(make_tor):
     assert acct["interval_end"] > time.time()
 
 
-def commands_of_three_polls(tor) -> list[str]:
+def commands_of_polls(tor, polls=3, between=None, full=False) -> list[list[str]]:
+    """The commands (their first word, or with `full` the whole line) the daemon sent in each poll
+    (the first: with the set-up); `between(i, result)` runs after poll i."""
     proxy = RecordingProxy(tor.port)
     try:
         poller = Poller([TorHost("t", "127.0.0.1", proxy.port)], timeout=5, period=6, plan=ALL)
+        out, seen = [], 0
         try:
-            for _ in range(3):
-                assert poller.poll_all(threading.Event())[0].ok
+            for i in range(polls):
+                [result] = poller.poll_all(threading.Event())
+                assert result.ok, result.error
+                commands = [c if full else c.split()[0] for c in proxy.commands()]
+                out.append(commands[seen:])
+                seen = len(commands)
+                if between is not None:
+                    between(i, result)
         finally:
             poller.close()
-        return [c.split()[0] for c in proxy.commands()]
+        return out
     finally:
         proxy.close()
+
+
+def commands_of_three_polls(tor) -> list[str]:
+    return [c for poll in commands_of_polls(tor) for c in poll]
 
 
 SETUP = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
@@ -114,20 +127,76 @@ SETUP = ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS", "GETINFO", "GETCONF"]
 
 def test_round_trips_one_getinfo_for_a_client_pipelined_questions_for_a_relay(make_tor):
     """A client: one GETINFO a poll. A relay that is not in the consensus (DisableNetwork): the
-    reachability GETINFO, GETCONF and its ns/id entry at every poll, so that the poll after its
-    first consensus shows it listed."""
+    reachability GETINFO and its ns/id entry at every poll, so that the poll after its first
+    consensus shows it listed; GETCONF once (tor announces changes: CONF_CHANGED)."""
     client = make_tor(auth="none")
     relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
     assert commands_of_three_polls(client) == SETUP + ["GETINFO"] * 3
-    assert commands_of_three_polls(relay) == SETUP + ["GETINFO", "GETINFO", "GETCONF", "GETINFO"] * 3
+    assert commands_of_three_polls(relay) == SETUP + ["GETINFO", "GETINFO", "GETCONF", "GETINFO"] + \
+        ["GETINFO", "GETINFO", "GETINFO"] * 2
 
 
 def test_a_listed_relays_consensus_entry_is_asked_once_per_refresh(make_tor, monkeypatch):
     import tor2influxdb2.sources.control.session as session
     monkeypatch.setattr(session, "parse_ns", lambda text: (True, 20, frozenset({"Running", "Valid"})))
     relay = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
-    per_poll = ["GETINFO", "GETINFO", "GETCONF"]
-    assert commands_of_three_polls(relay) == SETUP + per_poll + ["GETINFO"] + per_poll * 2  # NS_REFRESH: 300 s
+    per_poll = ["GETINFO", "GETINFO"]
+    # NS_REFRESH and CONF_REFRESH: 300 s
+    assert commands_of_three_polls(relay) == SETUP + per_poll + ["GETCONF", "GETINFO"] + per_poll * 2
+
+
+def effective_rate(result):
+    return by_measurement(result)["relay"].fields["effective_rate"]
+
+
+def test_a_changed_bandwidth_option_shows_at_the_next_poll(make_tor):
+    """The GETCONF answer is kept only while tor says nothing changed: a SETCONF by another
+    controller, or a reload of a changed torrc (SIGHUP), shows in the relay point at the next poll."""
+    import signal
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto", "BandwidthRate 5 MB"))
+    rates = []
+
+    def change(i, result):
+        rates.append(effective_rate(result))
+        if i == 1:
+            with tor.controller() as c:
+                c.set_conf("RelayBandwidthRate", "1 MB")
+        elif i == 3:
+            torrc = tor.workdir / "torrc"
+            torrc.write_text(torrc.read_text().replace("BandwidthRate 5 MB", "BandwidthRate 3 MB"))
+            tor.proc.send_signal(signal.SIGHUP)  # tor rereads its torrc: RelayBandwidthRate back to 0
+            time.sleep(1)
+
+    polls = commands_of_polls(tor, polls=6, between=change)
+    assert rates == [5 * 2 ** 20, 5 * 2 ** 20, 2 ** 20, 2 ** 20, 3 * 2 ** 20, 3 * 2 ** 20]
+    assert ["GETCONF" in poll[len(SETUP):] if i == 0 else "GETCONF" in poll for i, poll in enumerate(polls)] == \
+        [True, False, True, False, True, False]
+
+
+def test_without_configuration_events_the_options_are_asked_at_every_poll(make_tor, monkeypatch):
+    """A tor that refuses the subscription (here: an event name it does not know, which fails the whole
+    SETEVENTS) is asked GETCONF at every poll, and CONN_BW alone is asked for again."""
+    import tor2influxdb2.sources.control.session as session
+    monkeypatch.setattr(session, "EVENTS", (("CONN_BW", "bandwidth"), ("NO_SUCH_EVENT", "relay")))
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    polls = commands_of_polls(tor)
+    assert polls[0][:3] == ["PROTOCOLINFO", "AUTHENTICATE", "SETEVENTS"] and polls[0].count("SETEVENTS") == 2
+    assert all("GETCONF" in poll for poll in polls[1:])
+
+
+def test_the_options_are_asked_again_every_refresh(make_tor, monkeypatch):
+    import tor2influxdb2.sources.control.session as session
+    monkeypatch.setattr(session, "CONF_REFRESH", 0.0)
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    assert all("GETCONF" in poll for poll in commands_of_polls(tor)[1:])
+
+
+def test_version_and_version_status_are_asked_at_every_poll(make_tor):
+    """Nothing kept: a tor upgrade shows in the version tag and version_status at the next poll."""
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    for poll in commands_of_polls(tor, full=True):
+        [main] = [c.split()[1:] for c in poll if c.startswith("GETINFO version ")]
+        assert "status/version/current" in main
 
 
 def test_core_alone_still_arrives_when_an_optional_key_fails(make_tor, monkeypatch):
@@ -179,6 +248,49 @@ def test_guard_states_are_counted():
                                       "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA unusable 2026-12-01 20:00:00")}
     [(_, fields, _)] = Plan(("guards",)).build(answers)
     assert fields == {"up": 1, "down": 1, "never_connected": 1, "unusable": 1, "total": 4}
+
+
+def test_what_is_kept_between_polls_follows_every_change():
+    """The parsed status, accounting, guards, rates and consensus fields are reused only for the same
+    answer texts: a poll whose answers changed gets the new values (the same memo across polls)."""
+    plan, memo = Plan(SET_NAMES), {}
+    conf = {"Nickname": "r", "BandwidthRate": "5000", "BandwidthBurst": "9000", "RelayBandwidthRate": "0",
+            "RelayBandwidthBurst": "0", "MaxAdvertisedBandwidth": "5000"}
+    base = {"version": "0.4.9.11", "traffic/read": "1", "traffic/written": "2", "stats/ntor/requested": "0",
+            "stats/ntor/assigned": "0", "stats/tap/requested": "0", "stats/tap/assigned": "0", "uptime": "10",
+            "network-liveness": "up", "status/circuit-established": "1", "dormant": "0",
+            "status/enough-dir-info": "1", "status/bootstrap-phase": "NOTICE BOOTSTRAP PROGRESS=100 TAG=done",
+            "status/version/current": "recommended", "process/descriptor-limit": "1000",
+            "accounting/enabled": "0", "accounting/hibernating": "awake", "accounting/bytes": "0 0",
+            "accounting/bytes-left": "0 0", "accounting/interval-end": "1970-01-01 00:00:00",
+            "entry-guards": "$92CD45441526048416558C49E7514C22E34DFBE0~a up"}
+
+    def build(kind, values, conf=conf, ns=(True, 20, frozenset({"Running"}))):
+        a = Answers()
+        a.values, a.counts = values, {"circuit-status": 0, "stream-status": 0}
+        a.kind, a.fingerprint, a.conf, a.ns, a.reach, a.memo = kind, "A" * 40, conf, ns, {}, memo
+        return {m: fields for m, fields, _ in plan.build(a)}
+
+    first = build("client", base)
+    assert first["status"]["version_status"] == "recommended" and first["guards"]["up"] == 1
+    changed = dict(base, **{"status/version/current": "obsolete", "dormant": "1", "uptime": "12",
+                            "accounting/enabled": "1", "accounting/hibernating": "soft",
+                            "accounting/bytes": "5 6", "accounting/bytes-left": "7 8",
+                            "entry-guards": "$92CD45441526048416558C49E7514C22E34DFBE0~a down 2026-12-01 20:00:00"})
+    second = build("client", changed)
+    assert (second["status"]["version_status"], second["status"]["dormant"], second["status"]["uptime"]) == \
+        ("obsolete", 1, 12)
+    assert (second["accounting"]["hibernating"], second["accounting"]["read_bytes"],
+            second["accounting"]["written_left"]) == ("soft", 5, 8)
+    assert (second["guards"]["up"], second["guards"]["down"]) == (0, 1)
+    relay = build("relay", base)["relay"]
+    assert (relay["effective_rate"], relay["consensus_weight"], relay["flag_running"], relay["flag_exit"]) == \
+        (5000, 20, 1, 0)
+    relay = build("relay", base, conf=dict(conf, RelayBandwidthRate="3000"), ns=(True, 30, frozenset({"Exit"})))["relay"]
+    assert (relay["effective_rate"], relay["consensus_weight"], relay["flag_running"], relay["flag_exit"]) == \
+        (3000, 30, 0, 1)
+    assert build("relay", base, ns=(False, None, frozenset()))["relay"]["in_consensus"] == 0
+    assert build("client", base) == first  # and back
 
 
 def test_a_hostile_version_answer_becomes_a_clean_tag(make_tor):

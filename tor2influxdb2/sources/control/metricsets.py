@@ -8,7 +8,10 @@ service, version) and the time the tor answered. What is asked, per poll:
   bandwidth: none of these keys fails on any kind of node, so one failing key never costs the
   others (a 552 for a key an older tor does not know drops that key, once);
 * for relays and bridges (``relay`` set), pipelined in the same round trip: one ``GETINFO`` of
-  the reachability keys, one ``GETCONF`` of the bandwidth options, and every
+  the reachability keys; ``GETCONF`` of the bandwidth options at the first poll, then only after
+  tor announced a configuration change (the connection listens to ``CONF_CHANGED``: the next
+  poll asks again, or the poll under way, which then takes one more round trip) and every
+  :data:`CONF_REFRESH` seconds (at every poll if tor refused the subscription); and every
   :data:`NS_REFRESH` seconds ``GETINFO ns/id/<fingerprint>`` (the consensus changes hourly), at
   every poll while the relay is not listed;
 
@@ -30,6 +33,7 @@ SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
 DEFAULT_SETS = ("core",)
 COMMON_TAGS = ("host", "service", "version")
 NS_REFRESH = 300.0
+CONF_REFRESH = 300.0
 INT64_MAX = 2 ** 63 - 1
 
 #: Every flag tor's authorities can give (dir-spec "known-flags", tor 0.4.9).
@@ -150,6 +154,36 @@ def effective_rates(conf: dict[str, str | None]) -> tuple[int | None, int | None
     return rate, burst
 
 
+class Memo(dict):
+    """Results of a pure function of answer texts that many tors share and that barely change between
+    polls (parsing them again would cost more than a lookup), by those texts. Bounded: cleared when
+    full. (What is one tor's own, its entry guards or consensus entry, is kept per tor: memoized().)"""
+
+    def __init__(self, function: Callable, size: int = 4096):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key):
+        value = self.function(*key) if isinstance(key, tuple) else self.function(key)
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def memoized(a: "Answers", name: str, key: tuple, function: Callable):
+    """function(*key), reusing the result of this tor's previous poll when its key was the same."""
+    memo = a.memo
+    if memo is None:
+        return function(*key)
+    hit = memo.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = function(*key)
+    memo[name] = (key, value)
+    return value
+
+
 # ------------------------------------------------------------------------------------ answers
 
 class Answers:
@@ -160,6 +194,7 @@ class Answers:
     counts: dict[str, int] = {}
     failed: frozenset[str] | set[str] = frozenset()
     conf: dict[str, str | None] | None = None
+    conf_kept = False  # conf is the answer of an earlier poll
     reach: dict[str, str | None] | None = None
     ns: tuple[bool, int | None, frozenset[str]] | None = None  # (in consensus, weight, flags)
     kind: str | None = None
@@ -167,6 +202,7 @@ class Answers:
     nickname: str | None = None
     elapsed: float | None = None  # seconds since this tor's previous poll
     unknown: frozenset[str] = frozenset()  # keys this tor does not know
+    memo: dict | None = None  # this tor's results of memoized(), from its session
 
     def fail(self, name: str) -> None:
         if not isinstance(self.failed, set):
@@ -217,53 +253,71 @@ CORE_MEASUREMENTS = tuple((m, tuple((f, k, k in COUNTED_KEYS) for f, k in pairs)
 ))
 
 
+def _status_fields(liveness, circuit, dormant, enough, phase, version_status, limit) -> dict:
+    """The status fields but uptime, from their texts (None ones left out)."""
+    progress = PROGRESS_RE.search(phase or "")
+    fields = {
+        "network_liveness": {"up": 1, "down": 0}.get((liveness or "").strip()),
+        "circuit_established": parse_bool(circuit),
+        "dormant": parse_bool(dormant),
+        "enough_dir_info": parse_bool(enough),
+        "bootstrap_progress": int(progress.group(1)) if progress and int(progress.group(1)) <= 100 else None,
+        "version_status": parse_word(version_status),
+        "descriptor_limit": parse_int(limit),
+    }
+    return {k: x for k, x in fields.items() if x is not None}
+
+
+_STATUS_KEYS = ("network-liveness", "status/circuit-established", "dormant", "status/enough-dir-info",
+                "status/bootstrap-phase", "status/version/current", "process/descriptor-limit")
+_STATUS_FIELDS = Memo(_status_fields)
+
+
 def _status(a: Answers) -> Built:
     v = a.values
-    liveness = (v.get("network-liveness") or "").strip()
-    progress = PROGRESS_RE.search(v.get("status/bootstrap-phase") or "")
-    fields = {
-        "uptime": parse_int(v.get("uptime")),
-        "network_liveness": {"up": 1, "down": 0}.get(liveness),
-        "circuit_established": parse_bool(v.get("status/circuit-established")),
-        "dormant": parse_bool(v.get("dormant")),
-        "enough_dir_info": parse_bool(v.get("status/enough-dir-info")),
-        "bootstrap_progress": int(progress.group(1)) if progress and int(progress.group(1)) <= 100 else None,
-        "version_status": parse_word(v.get("status/version/current")),
-        "descriptor_limit": parse_int(v.get("process/descriptor-limit")),
-    }
-    fields = {k: x for k, x in fields.items() if x is not None}
+    get = v.get
+    uptime = parse_int(get("uptime"))
+    rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]
+    fields = {"uptime": uptime, **rest} if uptime is not None else dict(rest)
     return [("status", fields, ())] if fields else []
 
 
-def _accounting(a: Answers) -> Built:
-    v = a.values
-    enabled = parse_bool(v.get("accounting/enabled"))
+def _accounting_fields(enabled, hibernating, used, left, end) -> dict | None:
+    enabled = parse_bool(enabled)
     if enabled is None:
-        return []
+        return None
     fields: dict = {"enabled": enabled}
-    hibernating = parse_word(v.get("accounting/hibernating"))
+    hibernating = parse_word(hibernating)
     if hibernating is not None:
         fields["hibernating"] = hibernating
     if enabled:  # without AccountingMax tor answers zeros and 1970: not written as if measured
-        used, left = parse_pair(v.get("accounting/bytes")), parse_pair(v.get("accounting/bytes-left"))
+        used, left = parse_pair(used), parse_pair(left)
         if used:
             fields["read_bytes"], fields["written_bytes"] = used
         if left:
             fields["read_left"], fields["written_left"] = left
-        end = parse_iso_time(v.get("accounting/interval-end"))
+        end = parse_iso_time(end)
         if end:
             fields["interval_end"] = end
-    return [("accounting", fields, ())]
+    return fields
+
+
+_ACCOUNTING_KEYS = ("accounting/enabled", "accounting/hibernating", "accounting/bytes", "accounting/bytes-left",
+                    "accounting/interval-end")
+_ACCOUNTING_FIELDS = Memo(_accounting_fields)
+
+
+def _accounting(a: Answers) -> Built:
+    fields = _ACCOUNTING_FIELDS[tuple(map(a.values.get, _ACCOUNTING_KEYS))]
+    return [] if fields is None else [("accounting", dict(fields), ())]
 
 
 GUARD_STATES = {"up": "up", "down": "down", "never-connected": "never_connected", "unusable": "unusable"}
 
 
-def _guards(a: Answers) -> Built:
-    if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
-        return []
+def _guard_fields(text: str | None) -> dict:
     fields = dict.fromkeys(("up", "down", "never_connected", "unusable", "total"), 0)
-    for line in (a.values["entry-guards"] or "").splitlines():
+    for line in (text or "").splitlines():
         words = line.split()
         if len(words) < 2:
             continue
@@ -271,7 +325,13 @@ def _guards(a: Answers) -> Built:
         state = GUARD_STATES.get(words[1])
         if state:
             fields[state] += 1
-    return [("guards", fields, ())]
+    return fields
+
+
+def _guards(a: Answers) -> Built:
+    if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
+        return []
+    return [("guards", dict(memoized(a, "guards", (a.values["entry-guards"],), _guard_fields)), ())]
 
 
 def _bandwidth(a: Answers) -> Built:
@@ -283,6 +343,11 @@ def _bandwidth(a: Answers) -> Built:
     reads, writes = [], []
     for item in items:
         read, _, written = item.partition(",")
+        if 0 < len(read) <= 18 and 0 < len(written) <= 18 and read.isdigit() and written.isdigit() \
+                and item.isascii():  # the common case inline: plain decimals of at most 18 digits
+            reads.append(int(read))
+            writes.append(int(written))
+            continue
         r, w = parse_int(read), parse_int(written)
         if r is not None and w is not None:
             reads.append(r)
@@ -300,11 +365,7 @@ def _relay(a: Answers) -> Built:
     tags = (("fingerprint", a.fingerprint), ("nickname", a.nickname or "Unnamed"))
     fields: dict = {}
     if a.conf is not None:
-        rate, burst = effective_rates(a.conf)
-        if rate is not None:
-            fields["effective_rate"] = rate
-        if burst is not None:
-            fields["effective_burst"] = burst
+        fields.update(_RATE_FIELDS[tuple(map(a.conf.get, _RATE_OPTIONS))])
     if a.reach is not None:
         reach_or = parse_bool(a.reach.get("status/reachability-succeeded/or"))
         reach_dir = parse_bool(a.reach.get("status/reachability-succeeded/dir"))
@@ -313,13 +374,32 @@ def _relay(a: Answers) -> Built:
         if reach_dir is not None and a.kind == "relay":
             fields["reachable_dir"] = reach_dir
     if a.kind == "relay" and a.ns is not None:  # bridges are in no consensus: nothing said
-        listed, weight, flags = a.ns
-        fields["in_consensus"] = int(listed)
-        if listed and weight is not None:
-            fields["consensus_weight"] = weight
-        for flag in FLAGS:
-            fields["flag_" + flag.lower()] = int(listed and flag in flags)
+        fields.update(memoized(a, "ns", a.ns, _ns_fields))
     return [("relay", fields, tags)] if fields else []
+
+
+def _rate_fields(*values) -> dict:
+    rate, burst = effective_rates(dict(zip(_RATE_OPTIONS, values)))
+    fields = {}
+    if rate is not None:
+        fields["effective_rate"] = rate
+    if burst is not None:
+        fields["effective_burst"] = burst
+    return fields
+
+
+def _ns_fields(listed: bool, weight: int | None, flags: frozenset[str]) -> dict:
+    fields = {"in_consensus": int(listed)}
+    if listed and weight is not None:
+        fields["consensus_weight"] = weight
+    for flag, name in _FLAG_FIELDS:
+        fields[name] = int(listed and flag in flags)
+    return fields
+
+
+_RATE_OPTIONS = BANDWIDTH_OPTIONS[1:]
+_RATE_FIELDS = Memo(_rate_fields, size=1024)
+_FLAG_FIELDS = tuple((flag, "flag_" + flag.lower()) for flag in FLAGS)
 
 
 BUILDERS: dict[str, Callable[[Answers], Built]] = {
@@ -337,6 +417,7 @@ class Plan:
             raise ValueError(f"unknown metric sets: {unknown}")
         self.sets = tuple(s for s in SET_NAMES if s in sets)
         self.needs_kind = "relay" in self.sets or "guards" in self.sets
+        self._builders = tuple((name, BUILDERS[name]) for name in self.sets)
 
     def main_sets(self, kind: str | None) -> tuple[str, ...]:
         """The sets asked in the one GETINFO (relay has its own questions; guards only off relays)."""
@@ -356,9 +437,10 @@ class Plan:
     def build(self, answers: Answers) -> Built:
         """(measurement, fields, extra tags) of every set that answered; core failures raise."""
         out: Built = []
-        for name in self.sets:
-            if name not in answers.failed:
-                out += BUILDERS[name](answers)
+        failed = answers.failed
+        for name, builder in self._builders:
+            if name not in failed:
+                out += builder(answers)
         return out
 
 

@@ -109,18 +109,22 @@ class ReplyReader:
         if self._total + len(rest) > MAX_REPLY:
             raise ProtocolViolation(Reason.TOO_LARGE, f"a reply is longer than {MAX_REPLY // 2 ** 20} MiB")
         self._buf = rest
+        if len(buf) > MAX_LINE:  # only then can a line be too long
+            for line in lines:
+                if len(line) - (line[-1:] == b"\r") > MAX_LINE:
+                    raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
         replies = []
+        fast = not self.keep_lines
+        counted, values, kept = self.counted, self._values, self._kept
         for line in lines:
             if line[-1:] == b"\r":
                 line = line[:-1]
-            if len(line) > MAX_LINE:
-                raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
             if self._data_key is not None:  # inside a data block
                 if line == b".":
                     if self._data_counted:
                         self._counts[self._data_key] = self._data_count
                     else:
-                        self._values[self._data_key] = "\n".join(self._data)
+                        values[self._data_key] = "\n".join(self._data)
                     self._data_key = None
                     self._data = []
                 elif self._data_counted:
@@ -129,28 +133,40 @@ class ReplyReader:
                 else:
                     if line[:1] == b".":
                         line = line[1:]
-                    self._kept += len(line) + _LINE_OVERHEAD
-                    if self._kept > MAX_KEPT:
+                    kept += len(line) + _LINE_OVERHEAD
+                    if kept > MAX_KEPT:
                         self._too_much()
                     self._data.append(line.decode("utf-8", "replace"))
                 continue
+            if fast and line[:4] == b"250-":  # the common line of a poll: 250-key=value
+                kept += len(line) + _LINE_OVERHEAD
+                if kept > MAX_KEPT:
+                    self._too_much()
+                key, eq, value = line[4:].partition(b"=")
+                try:
+                    name = key.decode()
+                except UnicodeDecodeError:
+                    name = key.decode("utf-8", "replace")
+                if name in counted:
+                    self._counts[name] = 1 if value.strip() else 0
+                elif eq:
+                    try:
+                        values[name] = value.decode()
+                    except UnicodeDecodeError:
+                        values[name] = value.decode("utf-8", "replace")
+                else:
+                    values[name] = None
+                continue
+            self._kept = kept
             reply = self._status_line(line)
             if reply is not None:
                 replies.append(reply)
+            values, kept = self._values, self._kept
+        self._kept = kept
         return replies
 
     def _status_line(self, line: bytes) -> Reply | None:
-        if line[:4] == b"250-" and not self.keep_lines:  # the common line of a poll: 250-key=value
-            self._kept += len(line) + _LINE_OVERHEAD
-            if self._kept > MAX_KEPT:
-                self._too_much()
-            key, eq, value = line[4:].partition(b"=")
-            name = _text(key)
-            if name in self.counted:
-                self._counts[name] = 1 if value.strip() else 0
-            else:
-                self._values[name] = _text(value) if eq else None
-            return None
+        """A line outside data blocks that feed() does not read itself (all but 250-key=value)."""
         divider = line[3:4]
         if len(line) < 4 or divider not in (b"-", b" ", b"+") or not line[:3].isdigit():
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
@@ -185,13 +201,6 @@ class ReplyReader:
 
     def _too_much(self) -> None:
         raise ProtocolViolation(Reason.TOO_LARGE, f"a reply holds more than {MAX_KEPT // 2 ** 20} MiB of values")
-
-
-def _text(data: bytes) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "replace")
 
 
 def quote(text: str) -> str:

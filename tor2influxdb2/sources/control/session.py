@@ -38,8 +38,8 @@ from ...model import Sample, make_tags
 from ...redact import clip
 from ...targets import TorHost
 from ..loopsession import CONNECTING, LoopSession
-from .metricsets import (BANDWIDTH_OPTIONS, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE, NS_REFRESH,
-                         PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
+from .metricsets import (BANDWIDTH_OPTIONS, CONF_REFRESH, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE,
+                         NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
@@ -48,6 +48,11 @@ CLOSED, RESOLVING, SETUP, READY, POLLING = "closed", "resolving", "setup", "read
 COOKIE_SIZE = 32
 QUICKACK = os.environ.get("T2I_NO_QUICKACK", "") == ""  # the bench measures the difference
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; reset by the kernel, so set at every read
+
+
+#: The events the connection listens to, and the set that needs each.
+EVENTS = (("CONN_BW", "bandwidth"), ("CONF_CHANGED", "relay"))
+_GETCONF = ("GETCONF " + " ".join(BANDWIDTH_OPTIONS) + "\r\n").encode()
 
 
 class TagPolicy:
@@ -102,6 +107,10 @@ class ControlSession(LoopSession):
         self.split = False
         self.ns: tuple | None = None
         self.ns_at = float("-inf")
+        self.conf: dict | None = None  # the bandwidth options as tor last answered them
+        self.conf_at = float("-inf")
+        self.conf_events = False  # tor announces configuration changes to this connection (CONF_CHANGED)
+        self.memo: dict = {}  # what the metric sets derived from this tor's last answers (metricsets.memoized)
         self._cookie: bytes | None = None
         self._nonce: bytes | None = None
         self._questions: tuple | None = None
@@ -278,16 +287,25 @@ class ControlSession(LoopSession):
         self.connects += 1
         self.confirmed = True
         self.reader = ReplyReader(counted=COUNTED_KEYS)
-        if "bandwidth" in self.plan.sets:
-            # tor fills bw-event-cache only while a controller listens to a per-second event; CONN_BW is
-            # one, and is never sent unless TestingEnableConnBwEvent is set. An old tor may not know it.
-            self.pending.append(lambda reply: None)
-            self._send("SETEVENTS CONN_BW")
+        # tor fills bw-event-cache only while a controller listens to a per-second event; CONN_BW is
+        # one, and is never sent unless TestingEnableConnBwEvent is set. CONF_CHANGED tells when the
+        # bandwidth options a relay's GETCONF asked may have changed (the answer is kept until then).
+        events = [event for event, needed_by in EVENTS if needed_by in self.plan.sets]
+        if events:
+            self.pending.append(lambda reply: self._on_setevents(events, reply))
+            self._send("SETEVENTS " + " ".join(events))
         if self.plan.needs_kind:
             self.pending.extend([self._on_probe_fingerprint, self._on_probe_bridge])
             self._send("\r\n".join(PROBE_COMMANDS))
         else:
             self._ready()
+
+    def _on_setevents(self, events: list[str], reply: Reply) -> None:
+        if reply.ok:
+            self.conf_events = "CONF_CHANGED" in events  # (the name a test may change)
+        elif len(events) > 1 and "CONN_BW" in events:  # an old tor that knows only one of them: CONN_BW alone
+            self.pending.append(lambda reply: None)     # (an old tor may know neither: nothing else to do)
+            self._send("SETEVENTS CONN_BW")
 
     def _on_probe_fingerprint(self, reply: Reply) -> None:
         if reply.ok:
@@ -320,11 +338,19 @@ class ControlSession(LoopSession):
                 commands.append(self._question_main(group))
             if self.plan.wants_relay(self.kind):
                 commands.append(("GETINFO " + " ".join(REACHABILITY_KEYS), self._on_reachability))
-                commands.append(("GETCONF " + " ".join(BANDWIDTH_OPTIONS), self._on_conf))
             data = "".join(command + "\r\n" for command, _ in commands).encode("utf-8")
             cached = self._questions = (key, data, tuple(handler for _, handler in commands))
         data, handlers = cached[1], cached[2]
         self.pending.extend(handlers)
+        if self.plan.wants_relay(self.kind):
+            # the bandwidth options: kept while tor announces changes (CONF_CHANGED), and asked again at
+            # the poll after an announcement and every CONF_REFRESH seconds; at every poll without events
+            if self.conf is None or not self.conf_events or time.monotonic() - self.conf_at >= CONF_REFRESH:
+                self.pending.append(self._on_conf)
+                data += _GETCONF
+            else:
+                self.answers.conf = self.conf
+                self.answers.conf_kept = True
         # ns/id: every NS_REFRESH seconds while listed, at every poll while not (a new relay's first
         # consensus shows at the next poll, not minutes later)
         if self.kind == "relay" and "relay" in self.plan.sets and (
@@ -373,11 +399,23 @@ class ControlSession(LoopSession):
 
     def _on_conf(self, reply: Reply) -> None:
         if not reply.ok:
+            self.conf = None
             self.answers.fail("relay")
             return
-        self.answers.conf = reply.values
+        self.answers.conf = self.conf = reply.values
+        self.conf_at = time.monotonic()
         nickname = (reply.values.get("Nickname") or "").strip()
         self.nickname = nickname if NICKNAME_RE.match(nickname) else "Unnamed"
+
+    def _conf_changed(self) -> None:
+        """tor announced a configuration change: the kept options are stale. During a poll that used
+        them, GETCONF is asked now (tor answers the poll's questions after the change it announced)."""
+        self.conf = None
+        a = self.answers
+        if self.state == POLLING and a is not None and a.conf_kept:
+            a.conf, a.conf_kept = None, False
+            self.pending.append(self._on_conf)
+            self._send_bytes(_GETCONF)
 
     def _on_ns(self, reply: Reply) -> None:
         if reply.ok:
@@ -393,6 +431,7 @@ class ControlSession(LoopSession):
         a = self.answers
         a.kind, a.fingerprint, a.nickname, a.ns, a.unknown = (self.kind, self.fingerprint, self.nickname, self.ns,
                                                               self.unknown)
+        a.memo = self.memo
         version = clean_version(a.values.get("version"))
         built = self.plan.build(a)  # raises SourceError when core is broken
         base = self._base_tags(version)
@@ -466,6 +505,8 @@ class ControlSession(LoopSession):
             raise SourceError(Failure(Reason.CLOSED, "tor closed the connection"))
         for reply in self.reader.feed(data):
             if reply.status >= 600:  # an asynchronous event (SETEVENTS): not an answer
+                if not reply.message.startswith("CONN_BW"):  # CONF_CHANGED (or any other): ask GETCONF again
+                    self._conf_changed()
                 continue
             if not self.pending:
                 raise SourceError(Failure(Reason.PROTOCOL, "tor sent a reply to no question"))

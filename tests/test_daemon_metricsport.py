@@ -166,8 +166,8 @@ def test_pieces_hand_over_a_requests_worth_while_the_cycle_runs_and_the_rest_at_
 
 def test_a_fleets_points_of_every_cycle_arrive_once_though_handed_over_in_pieces(tmp_path, make_tor, standins):
     """200 tors with a MetricsPort: about 12,000 points a cycle, more than a request's worth, so
-    they leave in pieces while the cycle runs. On stdout (--line-protocol) every tor has each of
-    its series once per cycle, and the lines are as many as the cycles' logs count."""
+    they leave in pieces while the cycle runs. On stdout (--line-protocol) the lines are as many as
+    the cycles' logs count, none is written twice, and every tor has points of both sources."""
     tor = make_tor(auth="none")
     metrics = standins(tor_like(BODY, keep_open=False))
     names = [f"fleet{i:03d}" for i in range(200)]

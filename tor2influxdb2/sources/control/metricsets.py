@@ -164,7 +164,7 @@ class Memo(dict):
         self.function, self.size = function, size
 
     def __missing__(self, key):
-        value = self.function(*key) if isinstance(key, tuple) else self.function(key)
+        value = self.function(*key)  # keys are the texts' tuples
         if len(self) >= self.size:
             self.clear()
         self[key] = value

@@ -249,8 +249,6 @@ class MetricsSession(LoopSession):
             if not buffer.startswith(b"HTTP/"[:len(buffer)]):
                 raise _fail_with(Reason.PROTOCOL, NOT_HTTP)
             return
-        if end > MAX_HEADER:
-            raise _fail_with(Reason.TOO_LARGE, f"the HTTP header is larger than {MAX_HEADER // 1024} KiB")
         self.header_end = end + size
         self.time_ms = time.time_ns() // 1_000_000
         header = parse_header(bytes(buffer[:end]))

@@ -1,8 +1,9 @@
 """The daemon: the schedule, one cycle after another, ``-t`` and ``--schema``.
 
 This is the only module that knows both sources and sinks: as each tor answers, the poller hands
-its samples over (on_result) to be encoded as line protocol and dropped; the lines go to the
-outputs in request-sized pieces while the cycle runs (:class:`Pieces`), and the health file gets
+its samples over (on_result) to be encoded as line protocol and dropped; while delivery keeps up
+the lines go to the outputs in request-sized pieces as the cycle runs (:class:`Pieces`; while
+points wait, at the cycle's end in one piece, as the buffer packs them best), and the health file gets
 the cycle's verdict. With a Prometheus endpoint the samples are kept for it until the cycle ends.
 """
 
@@ -356,9 +357,9 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
         return 2
     max_open = ensure_fd_limit(len(settings.tor_hosts) * (2 if settings.metrics_ports else 1))
     encoder = LineEncoder()
-    # Each tor's samples become lines as soon as that tor answered, and are dropped, and the lines
-    # go to the outputs while the cycle runs, a request's worth at a time, unless a sink needs the
-    # samples themselves (Prometheus): a cycle never holds the whole fleet's samples or lines.
+    # Unless a sink needs the samples themselves (Prometheus), each tor's samples become lines as
+    # soon as that tor answered and are dropped (a cycle never holds the fleet's samples), and while
+    # delivery keeps up the lines go to the outputs as the cycle runs, a request's worth at a time.
     pieces = None if any(isinstance(o, PrometheusOutput) for o in outputs) else Pieces(encoder)
     poller = make_poller(settings, max_open, pieces.add if pieces is not None else None)
     watchdog = Watchdog(health, 3 * settings.period, stop) if health is not None else None
@@ -391,8 +392,13 @@ def run(settings: Settings, stop: threading.Event, max_cycles: int | None = None
                 for output in outputs:
                     output.submit(lines, stamps)
 
-            results = poller.poll_all(stop, idle=(lambda: hand_over(*pieces.take())) if pieces is not None
-                                      else None)
+            def hand_over_piece() -> None:
+                # only while delivery keeps up (nothing waits): while points wait (InfluxDB slow or
+                # down), the cycle's lines join the buffer as one chunk at its end, as it packs them best
+                if not any(output.backlog() for output in outputs):
+                    hand_over(*pieces.take())
+
+            results = poller.poll_all(stop, idle=hand_over_piece if pieces is not None else None)
             report()
             lines, stamps = pieces.take(everything=True) if pieces is not None else ([], [])
             if stop.is_set() and not handed and not lines and not any(r.samples for r in results):

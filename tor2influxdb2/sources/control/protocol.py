@@ -24,6 +24,7 @@ MAX_LINE = 64 * 1024
 MAX_KEPT = 1024 * 1024
 MAX_REPLY = 32 * 1024 * 1024
 _LINE_OVERHEAD = 64  # what a kept line costs beyond its bytes (a str object, a list slot)
+_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 UNRECOGNIZED_RE = re.compile(r'^Unrecognized (?:configuration )?key "([^"]*)"', re.IGNORECASE)
 
 
@@ -101,26 +102,35 @@ class ReplyReader:
     def feed(self, data: bytes) -> list[Reply]:
         """Add bytes; return the replies they complete (often none or one)."""
         buf = self._buf + data if self._buf else data
-        lines = buf.split(b"\n")
-        rest = lines.pop()  # the part after the last newline: an incomplete line
+        end = buf.rfind(b"\n") + 1  # what follows the last line break is an incomplete line
+        rest = buf[end:] if end < len(buf) else b""
         if len(rest) > MAX_LINE:
             raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
-        self._total += len(buf) - len(rest)
+        self._total += end
         if self._total + len(rest) > MAX_REPLY:
             raise ProtocolViolation(Reason.TOO_LARGE, f"a reply is longer than {MAX_REPLY // 2 ** 20} MiB")
         self._buf = rest
-        if len(buf) > MAX_LINE:  # only then can a line be too long
+        if not end:
+            return []
+        chunk = buf[:end] if rest else buf
+        try:
+            text = chunk.decode()
+        except UnicodeDecodeError:
+            text = None
+        ascii = text is not None and len(text) == len(chunk)  # the common case: decoded at once
+        lines = _split_lines(text, "\r\n", "\n") if ascii else _split_lines(chunk, b"\r\n", b"\n")
+        if end > MAX_LINE:  # only then can a line be too long
             for line in lines:
-                if len(line) - (line[-1:] == b"\r") > MAX_LINE:
+                if len(line) > MAX_LINE:
                     raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
+        if not ascii:  # line by line, what is not UTF-8 replaced (a kept length is then of characters)
+            lines = [line.decode("utf-8", "replace") for line in lines]
         replies = []
         fast = not self.keep_lines
         counted, values, kept = self.counted, self._values, self._kept
         for line in lines:
-            if line[-1:] == b"\r":
-                line = line[:-1]
             if self._data_key is not None:  # inside a data block
-                if line == b".":
+                if line == ".":
                     if self._data_counted:
                         self._counts[self._data_key] = self._data_count
                     else:
@@ -128,34 +138,26 @@ class ReplyReader:
                     self._data_key = None
                     self._data = []
                 elif self._data_counted:
-                    if line.strip():
+                    if line.strip(_SPACE):
                         self._data_count += 1
                 else:
-                    if line[:1] == b".":
+                    if line[:1] == ".":
                         line = line[1:]
                     kept += len(line) + _LINE_OVERHEAD
                     if kept > MAX_KEPT:
                         self._too_much()
-                    self._data.append(line.decode("utf-8", "replace"))
+                    self._data.append(line)
                 continue
-            if fast and line[:4] == b"250-":  # the common line of a poll: 250-key=value
+            if fast and line[:4] == "250-":  # the common line of a poll: 250-key=value
                 kept += len(line) + _LINE_OVERHEAD
                 if kept > MAX_KEPT:
                     self._too_much()
-                key, eq, value = line[4:].partition(b"=")
-                try:
-                    name = key.decode()
-                except UnicodeDecodeError:
-                    name = key.decode("utf-8", "replace")
+                key, eq, value = line.partition("=")
+                name = key[4:]
                 if name in counted:
-                    self._counts[name] = 1 if value.strip() else 0
-                elif eq:
-                    try:
-                        values[name] = value.decode()
-                    except UnicodeDecodeError:
-                        values[name] = value.decode("utf-8", "replace")
+                    self._counts[name] = 1 if value.strip(_SPACE) else 0
                 else:
-                    values[name] = None
+                    values[name] = value if eq else None
                 continue
             self._kept = kept
             reply = self._status_line(line)
@@ -165,10 +167,11 @@ class ReplyReader:
         self._kept = kept
         return replies
 
-    def _status_line(self, line: bytes) -> Reply | None:
+    def _status_line(self, line: str) -> Reply | None:
         """A line outside data blocks that feed() does not read itself (all but 250-key=value)."""
         divider = line[3:4]
-        if len(line) < 4 or divider not in (b"-", b" ", b"+") or not line[:3].isdigit():
+        code = line[:3]
+        if len(line) < 4 or divider not in ("-", " ", "+") or not (code.isascii() and code.isdigit()):
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
                                                      "(a reply line without a status code)")
         content = line[4:]
@@ -176,31 +179,39 @@ class ReplyReader:
         if self._kept > MAX_KEPT:
             self._too_much()
         if self.keep_lines:
-            self._lines.append((int(line[:3]), divider.decode(), content))
-        ok = line[:3] == b"250"
-        if divider == b"+":
-            key, _, first = content.partition(b"=")
-            self._data_key = key.decode("utf-8", "replace")
-            self._data_counted = self._data_key in self.counted
-            self._data_count = 1 if (first.strip() and self._data_counted) else 0
-            self._data = [first.decode("utf-8", "replace")] if first and not self._data_counted else []
+            self._lines.append((int(code), divider, content.encode()))
+        if divider == "+":
+            key, _, first = content.partition("=")
+            self._data_key = key
+            self._data_counted = key in self.counted
+            self._data_count = 1 if (first.strip(_SPACE) and self._data_counted) else 0
+            self._data = [first] if first and not self._data_counted else []
             return None
-        if ok:
-            key, eq, value = content.partition(b"=")
-            if eq or divider == b"-" or content != b"OK":
-                name = key.decode("utf-8", "replace")
-                if name in self.counted:
-                    self._counts[name] = 1 if value.strip() else 0
+        if code == "250":
+            key, eq, value = content.partition("=")
+            if eq or divider == "-" or content != "OK":
+                if key in self.counted:
+                    self._counts[key] = 1 if value.strip(_SPACE) else 0
                 else:
-                    self._values[name] = value.decode("utf-8", "replace") if eq else None
-        if divider == b" ":
-            reply = Reply(int(line[:3]), content.decode("utf-8", "replace"), self._values, self._counts, self._lines)
+                    self._values[key] = value if eq else None
+        if divider == " ":
+            reply = Reply(int(code), content, self._values, self._counts, self._lines)
             self._reset()
             return reply
         return None
 
     def _too_much(self) -> None:
         raise ProtocolViolation(Reason.TOO_LARGE, f"a reply holds more than {MAX_KEPT // 2 ** 20} MiB of values")
+
+
+def _split_lines(chunk, crlf, lf) -> list:
+    """The lines of `chunk` (text or bytes that ends with a line break), without their line breaks:
+    CRLF, as tor ends its lines, or a bare LF."""
+    lines = chunk.split(crlf)
+    if lf in chunk[:0].join(lines):  # a bare LF (a CR before it is not possible: that is CRLF)
+        lines = [part for line in lines for part in line.split(lf)]
+    lines.pop()  # the empty part after the last line break
+    return lines
 
 
 def quote(text: str) -> str:

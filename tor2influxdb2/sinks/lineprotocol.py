@@ -15,6 +15,7 @@ clean what tors send before it becomes a tag. :func:`encode` refuses them too (V
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Iterable
 
 from ..model import Sample
@@ -23,6 +24,8 @@ _KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
 _STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _MAX_CACHE = 200_000
+#: How a field of each type is written (a template's placeholder; strings and bools are converted first).
+_PLACEHOLDER = {int: "%di", float: "%r", str: '"%s"', bool: "%s"}
 
 
 def _check(text: str) -> str:
@@ -38,12 +41,14 @@ def _check_string(text: str) -> str:
 
 
 class LineEncoder:
-    """Encodes samples; keeps bounded caches of escaped measurements, tag pairs and field names."""
+    """Encodes samples; keeps bounded caches of escaped measurements, tag pairs and, per field set
+    (its names and their value types), a template of its fields."""
 
     def __init__(self) -> None:
         self._measurements: dict[str, str] = {}
         self._pairs: dict[tuple[str, str], str] = {}
         self._orders: dict[tuple, tuple] = {}
+        self._templates: dict[tuple, tuple | None] = {}
 
     def prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         """``measurement,key=value,...`` escaped (a pair with an empty value is left out)."""
@@ -54,7 +59,7 @@ class LineEncoder:
             escaped = self._measurements[measurement] = _check(measurement).translate(_MEASUREMENT)
         pairs = self._pairs
         try:
-            return ",".join([escaped] + [pairs[kv] for kv in tags])
+            return escaped + "," + ",".join(map(pairs.__getitem__, tags)) if tags else escaped
         except KeyError:
             pass
         parts = [escaped]
@@ -82,8 +87,42 @@ class LineEncoder:
             self._orders[names] = order
         return order
 
+    def _template(self, names: tuple, types: tuple) -> tuple | None:
+        """(template, getter, conversions) of a field set: the fields sorted by name, each written as
+        its type is (%-placeholders); None for a set with a value of another type (an int subclass...)."""
+        if not all(t in _PLACEHOLDER for t in types):
+            return None
+        order = sorted(range(len(names)), key=names.__getitem__)
+        template = ",".join(_check(names[i]).translate(_KEY).replace("%", "%%") + "=" + _PLACEHOLDER[types[i]]
+                            for i in order)
+        sorted_names = [names[i] for i in order]
+        getter = itemgetter(*sorted_names) if len(order) > 1 else (lambda fields, name=names[0]: (fields[name],))
+        floats = tuple(j for j, i in enumerate(order) if types[i] is float)
+        texts = tuple(j for j, i in enumerate(order) if types[i] is str)
+        bools = tuple(j for j, i in enumerate(order) if types[i] is bool)
+        return template, getter, (floats, texts, bools) if floats or texts or bools else None
+
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
+        fields = sample.fields
+        key = (tuple(fields), tuple(map(type, fields.values())))
+        try:
+            plan = self._templates[key]
+        except KeyError:
+            if len(self._templates) >= _MAX_CACHE:
+                self._templates.clear()
+            plan = self._templates[key] = self._template(*key) if fields else None
+        if plan is not None:
+            template, getter, conversions = plan
+            values = getter(fields)
+            if conversions is not None:
+                values = _convert(values, *conversions)
+            if values is not None:
+                return f"{self.prefix(sample.measurement, sample.tags)} {template % values} {sample.time_ms}"
+        return self._encode_each(sample)  # other types, a non-finite float, no fields
+
+    def _encode_each(self, sample: Sample) -> str | None:
+        """encode(), field by field."""
         fields = sample.fields
         parts = []
         for name, key in self._order(fields):
@@ -105,3 +144,16 @@ class LineEncoder:
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]
+
+
+def _convert(values: tuple, floats: tuple, texts: tuple, bools: tuple) -> tuple | None:
+    """A template's values with strings escaped and bools as words; None when a float is not finite."""
+    values = list(values)
+    for j in floats:
+        if not math.isfinite(values[j]):
+            return None
+    for j in texts:
+        values[j] = _check_string(values[j]).translate(_STRING)
+    for j in bools:
+        values[j] = "true" if values[j] else "false"
+    return tuple(values)

@@ -148,10 +148,13 @@ class InfluxWriter:
             pass
 
 
+GZIP_LEVEL = 1  # line protocol compresses to ~14 % at level 1 and ~12 % at 5, for half the CPU
+
+
 def gzip_lines(lines: list[str], piece: int = 256) -> bytes:
-    """The lines joined by newlines, gzip-compressed (level 5), a few hundred lines at a time: a
+    """The lines joined by newlines, gzip-compressed (GZIP_LEVEL), a few hundred lines at a time: a
     5,000-line request never exists as one text and one byte string beside its compressed body."""
-    compressor = zlib.compressobj(5, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header and trailer
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header and trailer
     out = []
     for start in range(0, len(lines), piece):
         text = "\n".join(lines[start:start + piece])

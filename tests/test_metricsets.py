@@ -118,6 +118,33 @@ def commands_of_polls(tor, polls=3, between=None, full=False) -> list[list[str]]
         proxy.close()
 
 
+def test_accounting_details_are_asked_only_while_accounting_is_on(make_tor):
+    """Without AccountingMax tor answers zeros and 1970 for accounting/bytes, bytes-left and interval-end:
+    they are asked while accounting is on only. The poll that finds it switched on (SETCONF) asks them at
+    once, so that poll already has them; the poll that finds it off has only enabled and hibernating."""
+    tor = make_tor(auth="none", extra=("ORPort 127.0.0.1:auto",))
+    results = []
+
+    def between(i, result):
+        results.append(by_measurement(result)["accounting"].fields)
+        with tor.controller() as c:
+            if i == 1:
+                c.set_conf("AccountingMax", "10 GB")
+            elif i == 3:
+                c.reset_conf("AccountingMax")
+
+    polls = commands_of_polls(tor, polls=6, between=between, full=True)
+    main = [next(c for c in poll if c.startswith("GETINFO version ")) for poll in polls]
+    asks_details = ["accounting/bytes " in c for c in main]
+    assert asks_details == [True, False, False, True, True, False], main  # first poll: not known yet
+    details = "GETINFO accounting/bytes accounting/bytes-left accounting/interval-end"
+    assert [poll.count(details) for poll in polls] == [0, 0, 1, 0, 0, 0], polls
+    assert [r["enabled"] for r in results] == [0, 0, 1, 1, 0, 0]
+    assert results[2]["read_left"] == results[2]["written_left"] == 10 * 1024 ** 3 and results[2]["interval_end"]
+    assert results[2].keys() == results[3].keys()  # the switching poll is complete
+    assert results[4] == results[5] == {"enabled": 0, "hibernating": "awake"}
+
+
 def commands_of_three_polls(tor) -> list[str]:
     return [c for poll in commands_of_polls(tor) for c in poll]
 

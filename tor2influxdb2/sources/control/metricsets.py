@@ -52,6 +52,10 @@ SET_KEYS = {
     "guards": ("entry-guards",),
     "bandwidth": ("bw-event-cache",),
 }
+#: Accounting keys asked only while the tor's accounting is enabled (without AccountingMax tor answers
+#: zeros and 1970, which are not written): known from the previous poll; a poll that finds it enabled
+#: asks them at once.
+ACCOUNTING_DETAIL_KEYS = ("accounting/bytes", "accounting/bytes-left", "accounting/interval-end")
 #: Keys whose value is only counted, by non-empty lines, as it streams in.
 COUNTED_KEYS = frozenset({"circuit-status", "stream-status"})
 REACHABILITY_KEYS = ("status/reachability-succeeded/or", "status/reachability-succeeded/dir")
@@ -425,10 +429,11 @@ class Plan:
         return tuple(s for s in self.sets if s in SET_KEYS and not (s == "guards" and (relayish or kind is None)))
 
     @staticmethod
-    def keys(sets: tuple[str, ...], unknown: frozenset[str] = frozenset()) -> list[str]:
+    def keys(sets: tuple[str, ...], unknown: frozenset[str] = frozenset(), skip: tuple[str, ...] = ()) -> list[str]:
+        """The keys of one GETINFO for `sets`: "version" first, then theirs but `unknown` and `skip` ones."""
         keys = ["version"]
         for name in sets:
-            keys += [k for k in SET_KEYS[name] if k not in unknown]
+            keys += [k for k in SET_KEYS[name] if k not in unknown and k not in skip]
         return keys
 
     def wants_relay(self, kind: str | None) -> bool:

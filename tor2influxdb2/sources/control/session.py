@@ -38,8 +38,9 @@ from ...model import Sample, make_tags
 from ...redact import clip
 from ...targets import TorHost
 from ..loopsession import CONNECTING, LoopSession
-from .metricsets import (BANDWIDTH_OPTIONS, CONF_REFRESH, COUNTED_KEYS, FINGERPRINT_RE, NICKNAME_RE,
-                         NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version, parse_ns)
+from .metricsets import (ACCOUNTING_DETAIL_KEYS, BANDWIDTH_OPTIONS, CONF_REFRESH, COUNTED_KEYS, FINGERPRINT_RE,
+                         NICKNAME_RE, NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version,
+                         parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
@@ -110,6 +111,7 @@ class ControlSession(LoopSession):
         self.conf: dict | None = None  # the bandwidth options as tor last answered them
         self.conf_at = float("-inf")
         self.conf_events = False  # tor announces configuration changes to this connection (CONF_CHANGED)
+        self.accounting_on: bool | None = None  # accounting was enabled at the last poll (None: not known)
         self.memo: dict = {}  # what the metric sets derived from this tor's last answers (metricsets.memoized)
         self._cookie: bytes | None = None
         self._nonce: bytes | None = None
@@ -329,7 +331,7 @@ class ControlSession(LoopSession):
     def _ask(self) -> None:
         """Send every question of this poll at once; their replies come back in order."""
         self.state = POLLING
-        key = (self.kind, self.split, self.unknown)
+        key = (self.kind, self.split, self.unknown, self.accounting_on is False)
         cached = self._questions
         if cached is None or cached[0] != key:  # the same questions every poll: made once per connection
             commands = []
@@ -360,7 +362,8 @@ class ControlSession(LoopSession):
         self._send_bytes(data)
 
     def _question_main(self, group: tuple[str, ...]):
-        keys = self.plan.keys(group, self.unknown)
+        skip = ACCOUNTING_DETAIL_KEYS if self.accounting_on is False else ()
+        keys = self.plan.keys(group, self.unknown, skip)
         return "GETINFO " + " ".join(keys), lambda reply: self._on_main(group, reply)
 
     def _on_main(self, group: tuple[str, ...], reply: Reply) -> None:
@@ -368,6 +371,8 @@ class ControlSession(LoopSession):
             if not self.collected_ms:
                 self.collected_ms = time.time_ns() // 1_000_000
             self.answers.merge(reply.values, reply.counts)
+            if "accounting" in group:
+                self._accounting_state(reply.values)
             return
         key = reply.unrecognized_key()
         if key is not None and key != "version" and key in self.plan.keys(group) and key not in self.unknown:
@@ -385,6 +390,26 @@ class ControlSession(LoopSession):
         if group == ("core",) or not group:
             raise SourceError(reply.failure("GETINFO"))
         self.answers.fail(group[0])
+
+    def _accounting_state(self, values: dict) -> None:
+        """Whether accounting is on, from this poll's answer; when it was off at the last poll and is
+        on now, the keys left out are asked at once (one more round trip, at that poll only)."""
+        on = (values.get("accounting/enabled") or "").strip() == "1"
+        missing = [k for k in ACCOUNTING_DETAIL_KEYS if k not in values and k not in self.unknown]
+        self.accounting_on = on
+        if on and missing:
+            self._resend(("GETINFO " + " ".join(missing), self._on_accounting_details))
+
+    def _on_accounting_details(self, reply: Reply) -> None:
+        if reply.ok:
+            self.answers.merge(reply.values, reply.counts)
+            return
+        key = reply.unrecognized_key()
+        if key in ACCOUNTING_DETAIL_KEYS and key not in self.unknown:  # an old tor: without it from now on
+            self.unknown |= {key}
+            self._accounting_state(self.answers.values)
+            return
+        self.answers.fail("accounting")
 
     def _resend(self, question) -> None:
         command, handler = question

@@ -7,6 +7,8 @@ service, version) and the time the tor answered. What is asked, per poll:
 * one ``GETINFO`` with ``version`` and the keys of core, status, accounting, guards and
   bandwidth: none of these keys fails on any kind of node, so one failing key never costs the
   others (a 552 for a key an older tor does not know drops that key, once);
+  :data:`ACCOUNTING_DETAIL_KEYS` only while accounting was on at the previous poll (the poll that
+  finds it switched on asks them at once, in one more round trip);
 * for relays and bridges (``relay`` set), pipelined in the same round trip: one ``GETINFO`` of
   the reachability keys; ``GETCONF`` of the bandwidth options at the first poll, then only after
   tor announced a configuration change (the connection listens to ``CONF_CHANGED``: the next

@@ -2,8 +2,8 @@
 
 :class:`ReplyReader` is fed the bytes a control port sends and returns complete replies. It is
 incremental (bytes arrive in any pieces), and it bounds what a peer can make it hold: a line
-longer than :data:`MAX_LINE`, more than :data:`MAX_KEPT` bytes of values kept, or a reply longer
-than :data:`MAX_REPLY` raise :class:`ProtocolViolation`. Data blocks of keys whose lines are only
+longer than :data:`MAX_LINE`, more than :data:`MAX_KEPT` bytes of values kept (characters, of lines
+that are not ASCII), or a reply longer than :data:`MAX_REPLY` raise :class:`ProtocolViolation`. Data blocks of keys whose lines are only
 counted (``circuit-status``, ``stream-status``) are counted as they stream by, never stored.
 
 stem parses the replies of the connection set-up (PROTOCOLINFO, AUTHCHALLENGE) from

@@ -3,8 +3,9 @@
 :class:`ReplyReader` is fed the bytes a control port sends and returns complete replies. It is
 incremental (bytes arrive in any pieces), and it bounds what a peer can make it hold: a line
 longer than :data:`MAX_LINE`, more than :data:`MAX_KEPT` bytes of values kept (characters, of lines
-that are not ASCII), or a reply longer than :data:`MAX_REPLY` raise :class:`ProtocolViolation`. Data blocks of keys whose lines are only
-counted (``circuit-status``, ``stream-status``) are counted as they stream by, never stored.
+that are not ASCII), or a reply longer than :data:`MAX_REPLY` raise :class:`ProtocolViolation`.
+Data blocks of keys whose lines are only counted (``circuit-status``, ``stream-status``) are
+counted as they stream by, never stored.
 
 stem parses the replies of the connection set-up (PROTOCOLINFO, AUTHCHALLENGE) from
 :meth:`Reply.as_stem`; the replies of every poll are read here, in one pass (stem's reader costs
@@ -117,13 +118,13 @@ class ReplyReader:
             text = chunk.decode()
         except UnicodeDecodeError:
             text = None
-        ascii = text is not None and len(text) == len(chunk)  # the common case: decoded at once
-        lines = _split_lines(text, "\r\n", "\n") if ascii else _split_lines(chunk, b"\r\n", b"\n")
+        plain = text is not None and len(text) == len(chunk)  # ASCII, the common case: decoded at once
+        lines = _split_lines(text, "\r\n", "\n") if plain else _split_lines(chunk, b"\r\n", b"\n")
         if end > MAX_LINE:  # only then can a line be too long
             for line in lines:
                 if len(line) > MAX_LINE:
                     raise ProtocolViolation(Reason.TOO_LARGE, f"a reply line is longer than {MAX_LINE // 1024} KiB")
-        if not ascii:  # line by line, what is not UTF-8 replaced (a kept length is then of characters)
+        if not plain:  # line by line, what is not UTF-8 replaced (a kept length is then of characters)
             lines = [line.decode("utf-8", "replace") for line in lines]
         replies = []
         fast = not self.keep_lines

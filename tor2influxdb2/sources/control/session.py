@@ -40,7 +40,7 @@ from ...targets import TorHost
 from ..loopsession import CONNECTING, LoopSession
 from .metricsets import (ACCOUNTING_DETAIL_KEYS, BANDWIDTH_OPTIONS, CONF_REFRESH, COUNTED_KEYS, FINGERPRINT_RE,
                          NICKNAME_RE, NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version,
-                         parse_ns)
+                         parse_bool, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
@@ -376,10 +376,7 @@ class ControlSession(LoopSession):
             return
         key = reply.unrecognized_key()
         if key is not None and key != "version" and key in self.plan.keys(group) and key not in self.unknown:
-            self.unknown |= {key}
-            if key not in self.warned:
-                self.warned.add(key)
-                self.warn(f"tor does not know {clip(key, 80)}; polling it without it from now on")
+            self._drop_key(key)
             self._resend(self._question_main(group))
             return
         if len(group) > 1:  # one failing set must not cost the others: ask each set alone
@@ -394,7 +391,7 @@ class ControlSession(LoopSession):
     def _accounting_state(self, values: dict) -> None:
         """Whether accounting is on, from this poll's answer; when it was off at the last poll and is
         on now, the keys left out are asked at once (one more round trip, at that poll only)."""
-        on = (values.get("accounting/enabled") or "").strip() == "1"
+        on = parse_bool(values.get("accounting/enabled")) == 1
         missing = [k for k in ACCOUNTING_DETAIL_KEYS if k not in values and k not in self.unknown]
         self.accounting_on = on
         if on and missing:
@@ -406,10 +403,17 @@ class ControlSession(LoopSession):
             return
         key = reply.unrecognized_key()
         if key in ACCOUNTING_DETAIL_KEYS and key not in self.unknown:  # an old tor: without it from now on
-            self.unknown |= {key}
+            self._drop_key(key)
             self._accounting_state(self.answers.values)
             return
         self.answers.fail("accounting")
+
+    def _drop_key(self, key: str) -> None:
+        """A key this tor answered 552 Unrecognized for: not asked of it again (warned once)."""
+        self.unknown |= {key}
+        if key not in self.warned:
+            self.warned.add(key)
+            self.warn(f"tor does not know {clip(key, 80)}; polling it without it from now on")
 
     def _resend(self, question) -> None:
         command, handler = question

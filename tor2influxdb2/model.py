@@ -30,7 +30,9 @@ class Sample(NamedTuple):
 
 def make_tags(tags: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Tags in the canonical form of :attr:`Sample.tags`: sorted by key, empty values left out."""
-    items = tags.items() if isinstance(tags, Mapping) else tags
+    kind = tags.__class__  # the common classes first: isinstance(x, Mapping) is slow
+    items = tags if kind is tuple or kind is list else \
+        tags.items() if kind is dict or isinstance(tags, Mapping) else tags
     return tuple(sorted(kv for kv in items if kv[1] != ""))  # the pairs themselves: a fleet shares them
 
 

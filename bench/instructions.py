@@ -14,6 +14,7 @@ costs, start-up and connecting cancelled out. About a minute per run.
 
   .venv/bin/python bench/instructions.py                       # this checkout, 100 hosts, core and all
   .venv/bin/python bench/instructions.py --daemon /tmp/base/tor_to_influxdb2.py --metric-sets all
+  .venv/bin/python bench/instructions.py --keep /tmp/cg   # keep the callgrind files (callgrind_annotate)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def count(args, sets: str, cycles: int, tmp: Path) -> int:
                        "fi\n"
                        f'exec "{args.python}" "$@"\n')
     wrapper.chmod(0o755)
-    cmd = [sys.executable, str(HERE / "run_bench.py"), "--sizes", str(args.hosts), "--metric-sets", sets,
+    # (a trailing ";": one METRIC_SETS value, commas and all)
+    cmd = [sys.executable, str(HERE / "run_bench.py"), "--sizes", str(args.hosts), "--metric-sets", sets + ";",
            "--repeat", "1", "--hung-size", "0", "--cycles", str(cycles), "--run-every", "6", "--tor-timeout", "5",
            "--python", str(wrapper), "--daemon", args.daemon, "--env", f"T2I_CALLGRIND_OUT={out}"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -59,14 +61,18 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=100, help="fake tors (default 100)")
     p.add_argument("--metric-sets", default="core;all",
                    help="METRIC_SETS values to count, separated by ';' (default core;all)")
+    p.add_argument("--keep", metavar="DIR", help="keep the callgrind output files in DIR "
+                   "(callgrind.<sets>.<cycles>; callgrind_annotate shows where the instructions went)")
     args = p.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("instructions.py: valgrind is not installed (apt-get install valgrind)")
     sets_list = [s.strip() for s in args.metric_sets.split(";") if s.strip()]
     per = {}
     with tempfile.TemporaryDirectory(prefix="t2i-instructions-") as tmp:
+        where = Path(args.keep or tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for sets in sets_list:
-            short, long = (count(args, sets, n, Path(tmp)) for n in (SHORT, LONG))
+            short, long = (count(args, sets, n, where) for n in (SHORT, LONG))
             per[sets] = (long - short) / (LONG - SHORT) / args.hosts
             print(f"{sets}: {per[sets]:,.0f} instructions per steady host-poll ({args.hosts} hosts, {args.daemon})",
                   flush=True)

@@ -6,7 +6,7 @@ import string
 import pytest
 from influxdb_client import Point, WritePrecision
 
-from tor2influxdb2.model import Sample, make_tags
+from tor2influxdb2.model import FrozenFields, Sample, make_tags
 from tor2influxdb2.sinks.lineprotocol import LineEncoder
 
 
@@ -40,6 +40,27 @@ def test_same_bytes_as_influxdb_client_for_random_tags_and_fields():
         if any(isinstance(v, float) for v in fields.values()):  # Point strips a trailing .0; both are floats
             ours, theirs = ours.replace(".0,", ",").replace(".0 ", " "), theirs
         assert ours == theirs, (sample, ours, theirs)
+
+
+def test_frozen_fields_are_written_like_any_fields_and_their_kept_line_follows_every_change():
+    """The head of a FrozenFields line is kept per measurement and tag set, and reused only for the
+    same fields and tags objects: a new time, new values or other tags are never written stale."""
+    encoder, plain = LineEncoder(), LineEncoder()
+    tags, other = make_tags({"host": "a", "service": "tor"}), make_tags({"host": "b", "service": "tor"})
+    fields = FrozenFields({"enabled": 0, "hibernating": "awake", "rate": 1.5})
+    for sample in (Sample("accounting", tags, fields, 5), Sample("accounting", tags, fields, 6),
+                   Sample("accounting", other, fields, 6), Sample("accounting", tags, fields, 7),
+                   Sample("accounting", tags, FrozenFields({"enabled": 1, "hibernating": "soft"}), 8),
+                   Sample("accounting", make_tags({"host": "a", "service": "tor"}), fields, 9),
+                   Sample("status", tags, fields, 9)):
+        assert encoder.encode(sample) == plain.encode(sample._replace(fields=dict(sample.fields))) == \
+            point_line(sample)
+    assert encoder.encode(Sample("m", tags, FrozenFields({"a": float("nan")}), 5)) is None
+    with pytest.raises(TypeError):
+        fields["enabled"] = 1  # what makes keeping its line safe
+    with pytest.raises(TypeError):
+        fields.update(enabled=1)
+    assert fields == {"enabled": 0, "hibernating": "awake", "rate": 1.5}
 
 
 def test_types_are_fixed():

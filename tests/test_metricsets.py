@@ -292,10 +292,10 @@ def test_what_is_kept_between_polls_follows_every_change():
             "accounting/bytes-left": "0 0", "accounting/interval-end": "1970-01-01 00:00:00",
             "entry-guards": "$92CD45441526048416558C49E7514C22E34DFBE0~a up"}
 
-    def build(kind, values, conf=conf, ns=(True, 20, frozenset({"Running"}))):
+    def build(kind, values, conf=conf, ns=(True, 20, frozenset({"Running"})), reach=None):
         a = Answers()
         a.values, a.counts = values, {"circuit-status": 0, "stream-status": 0}
-        a.kind, a.fingerprint, a.conf, a.ns, a.reach, a.memo = kind, "A" * 40, conf, ns, {}, memo
+        a.kind, a.fingerprint, a.conf, a.ns, a.reach, a.memo = kind, "A" * 40, conf, ns, reach or {}, memo
         return {m: fields for m, fields, _ in plan.build(a)}
 
     first = build("client", base)
@@ -317,6 +317,13 @@ def test_what_is_kept_between_polls_follows_every_change():
     assert (relay["effective_rate"], relay["consensus_weight"], relay["flag_running"], relay["flag_exit"]) == \
         (3000, 30, 0, 1)
     assert build("relay", base, ns=(False, None, frozenset()))["relay"]["in_consensus"] == 0
+    reached = build("relay", base, reach={"status/reachability-succeeded/or": "1",
+                                          "status/reachability-succeeded/dir": "0"})["relay"]
+    assert (reached["reachable_or"], reached["reachable_dir"], reached["consensus_weight"]) == (1, 0, 20)
+    reached = build("relay", base, reach={"status/reachability-succeeded/or": "0",
+                                          "status/reachability-succeeded/dir": "1"})["relay"]
+    assert (reached["reachable_or"], reached["reachable_dir"]) == (0, 1)
+    assert "reachable_or" not in build("relay", base)["relay"]
     assert build("client", base) == first  # and back
 
 

@@ -29,7 +29,7 @@ from .sinks.influx import MAX_LINES_PER_REQUEST, Delivery, InfluxWriter
 from .sinks.lineprotocol import LineEncoder
 from .sinks.report import report
 from .sources.control.metricsets import SCHEMA as CONTROL_SCHEMA
-from .model import FieldSpec, MeasurementSpec, Sample, make_tags
+from .model import FieldSpec, FrozenFields, MeasurementSpec, Sample, make_tags
 from .sources.control.metricsets import SET_NAMES as CONTROL_SETS
 from .sources.control.metricsets import Plan
 from .sources.control.session import TagPolicy
@@ -117,8 +117,10 @@ DAEMON_SCHEMA = (
 )
 
 
-#: The tag set of each tor's own point, by (host name, service tag): the same every cycle.
+#: The tag set of each tor's own point, by (host name, service tag): the same every cycle; and its
+#: fields, by (up, failures, metricsport_up): a few objects the whole fleet shares (FrozenFields).
 _HOST_TAGS: dict[tuple[str, str], tuple] = {}
+_OWN_FIELDS: dict[tuple, FrozenFields] = {}
 
 
 def daemon_samples(settings: Settings, results: list[PollResult], poller: Poller, seconds: float, points: int,
@@ -133,9 +135,16 @@ def daemon_samples(settings: Settings, results: list[PollResult], poller: Poller
     for result, target in zip(results, poller.targets):
         if not target.control.confirmed:  # its name may be a password typed without its name
             continue
-        fields = {"up": int(result.ok), "failures": target.c.failures}
-        if result.has_metrics:
-            fields["metricsport_up"] = int(result.metrics_failure is None)
+        values = (int(result.ok), target.c.failures,
+                  int(result.metrics_failure is None) if result.has_metrics else None)
+        fields = _OWN_FIELDS.get(values)
+        if fields is None:
+            if len(_OWN_FIELDS) >= 1000:
+                _OWN_FIELDS.clear()
+            fields = {"up": values[0], "failures": values[1]}
+            if values[2] is not None:
+                fields["metricsport_up"] = values[2]
+            fields = _OWN_FIELDS[values] = FrozenFields(fields)
         key = (result.host.name, settings.service_tag)
         tags = tag_sets.get(key)
         if tags is None:

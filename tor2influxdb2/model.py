@@ -28,6 +28,19 @@ class Sample(NamedTuple):
     time_ms: int
 
 
+class FrozenFields(dict):
+    """Fields that cannot be changed once made, which a source may hand out again at later polls
+    while their values stay the same (a relay's flags, accounting while it is off). A sink may keep
+    what it derived from one, by identity: the same object always holds the same values."""
+
+    __slots__ = ()
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError("FrozenFields cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _frozen
+
+
 def make_tags(tags: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Tags in the canonical form of :attr:`Sample.tags`: sorted by key, empty values left out."""
     kind = tags.__class__  # the common classes first: isinstance(x, Mapping) is slow

@@ -18,12 +18,13 @@ import math
 from operator import itemgetter
 from typing import Iterable
 
-from ..model import Sample
+from ..model import FrozenFields, Sample
 
 _KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
 _STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _MAX_CACHE = 200_000
+_MAX_HEADS = 100_000  # kept heads of FrozenFields lines: one per tor and measurement that uses them
 #: How a field of each type is written (a template's placeholder; strings and bools are converted first).
 _PLACEHOLDER = {int: "%di", float: "%r", str: '"%s"', bool: "%s"}
 
@@ -42,13 +43,16 @@ def _check_string(text: str) -> str:
 
 class LineEncoder:
     """Encodes samples; keeps bounded caches of escaped measurements, tag pairs and, per field set
-    (its names and their value types), a template of its fields."""
+    (its names and their value types), a template of its fields; and for a sample whose fields are
+    :class:`~tor2influxdb2.model.FrozenFields`, its line but the time, per measurement and tag set,
+    reused while the same fields and tags objects come again."""
 
     def __init__(self) -> None:
         self._measurements: dict[str, str] = {}
         self._pairs: dict[tuple[str, str], str] = {}
         self._orders: dict[tuple, tuple] = {}
         self._templates: dict[tuple, tuple | None] = {}
+        self._heads: dict[tuple[str, int], tuple] = {}  # (measurement, id(tags)) -> (fields, tags, head)
 
     def prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         """``measurement,key=value,...`` escaped (a pair with an empty value is left out)."""
@@ -105,6 +109,24 @@ class LineEncoder:
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
         fields = sample.fields
+        if fields.__class__ is FrozenFields:  # handed out again while unchanged: its line's head is kept
+            key = (sample.measurement, id(sample.tags))
+            kept = self._heads.get(key)
+            if kept is not None and kept[0] is fields and kept[1] is sample.tags:
+                return f"{kept[2]} {sample.time_ms}"
+            head = self._head(sample)
+            if head is not None:
+                if len(self._heads) >= _MAX_HEADS:
+                    self._heads.clear()
+                self._heads[key] = (fields, sample.tags, head)  # (holding both, their ids stay theirs)
+                return f"{head} {sample.time_ms}"
+            return None
+        head = self._head(sample)
+        return None if head is None else f"{head} {sample.time_ms}"
+
+    def _head(self, sample: Sample) -> str | None:
+        """A line without its time, or None when no field can be written."""
+        fields = sample.fields
         key = (tuple(fields), tuple(map(type, fields.values())))
         try:
             plan = self._templates[key]
@@ -118,11 +140,11 @@ class LineEncoder:
             if conversions is not None:
                 values = _convert(values, *conversions)
             if values is not None:
-                return f"{self.prefix(sample.measurement, sample.tags)} {template % values} {sample.time_ms}"
-        return self._encode_each(sample)  # other types, a non-finite float, no fields
+                return f"{self.prefix(sample.measurement, sample.tags)} {template % values}"
+        return self._head_each(sample)  # other types, a non-finite float, no fields
 
-    def _encode_each(self, sample: Sample) -> str | None:
-        """encode(), field by field."""
+    def _head_each(self, sample: Sample) -> str | None:
+        """_head(), field by field."""
         fields = sample.fields
         parts = []
         for name, key in self._order(fields):
@@ -140,7 +162,7 @@ class LineEncoder:
                 parts.append(f'{key}="' + _check_string(str(value)).translate(_STRING) + '"')
         if not parts:
             return None
-        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)} {sample.time_ms}"
+        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)}"
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]

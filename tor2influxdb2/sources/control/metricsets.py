@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from ...errors import Failure, Reason, SourceError
-from ...model import FieldSpec, MeasurementSpec
+from ...model import FieldSpec, FrozenFields, MeasurementSpec
 
 SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
 DEFAULT_SETS = ("core",)
@@ -305,7 +305,7 @@ def _accounting_fields(enabled, hibernating, used, left, end) -> dict | None:
         end = parse_iso_time(end)
         if end:
             fields["interval_end"] = end
-    return fields
+    return FrozenFields(fields)
 
 
 _ACCOUNTING_KEYS = ("accounting/enabled", "accounting/hibernating", "accounting/bytes", "accounting/bytes-left",
@@ -315,13 +315,13 @@ _ACCOUNTING_FIELDS = Memo(_accounting_fields)
 
 def _accounting(a: Answers) -> Built:
     fields = _ACCOUNTING_FIELDS[tuple(map(a.values.get, _ACCOUNTING_KEYS))]
-    return [] if fields is None else [("accounting", dict(fields), ())]
+    return [] if fields is None else [("accounting", fields, ())]
 
 
 GUARD_STATES = {"up": "up", "down": "down", "never-connected": "never_connected", "unusable": "unusable"}
 
 
-def _guard_fields(text: str | None) -> dict:
+def _guard_fields(text: str | None) -> FrozenFields:
     fields = dict.fromkeys(("up", "down", "never_connected", "unusable", "total"), 0)
     for line in (text or "").splitlines():
         words = line.split()
@@ -331,13 +331,13 @@ def _guard_fields(text: str | None) -> dict:
         state = GUARD_STATES.get(words[1])
         if state:
             fields[state] += 1
-    return fields
+    return FrozenFields(fields)
 
 
 def _guards(a: Answers) -> Built:
     if a.kind in ("relay", "bridge") or "entry-guards" not in a.values:
         return []
-    return [("guards", dict(memoized(a, "guards", (a.values["entry-guards"],), _guard_fields)), ())]
+    return [("guards", memoized(a, "guards", (a.values["entry-guards"],), _guard_fields), ())]
 
 
 def _bandwidth(a: Answers) -> Built:
@@ -369,19 +369,28 @@ def _relay(a: Answers) -> Built:
     if a.kind not in ("relay", "bridge") or not a.fingerprint:
         return []
     tags = (("fingerprint", a.fingerprint), ("nickname", a.nickname or "Unnamed"))
+    reach = a.reach
+    key = (a.kind, a.conf, None if reach is None else reach.get("status/reachability-succeeded/or"),
+           None if reach is None else reach.get("status/reachability-succeeded/dir"),
+           reach is not None, a.ns if a.kind == "relay" else None)
+    fields = memoized(a, "relay", key, _relay_fields)  # the same object while the answers are the same
+    return [("relay", fields, tags)] if fields else []
+
+
+def _relay_fields(kind: str, conf: dict | None, reach_or: str | None, reach_dir: str | None, reached: bool,
+                  ns: tuple | None) -> FrozenFields:
     fields: dict = {}
-    if a.conf is not None:
-        fields.update(_RATE_FIELDS[tuple(map(a.conf.get, _RATE_OPTIONS))])
-    if a.reach is not None:
-        reach_or = parse_bool(a.reach.get("status/reachability-succeeded/or"))
-        reach_dir = parse_bool(a.reach.get("status/reachability-succeeded/dir"))
+    if conf is not None:
+        fields.update(_RATE_FIELDS[tuple(map(conf.get, _RATE_OPTIONS))])
+    if reached:
+        reach_or, reach_dir = parse_bool(reach_or), parse_bool(reach_dir)
         if reach_or is not None:
             fields["reachable_or"] = reach_or
-        if reach_dir is not None and a.kind == "relay":
+        if reach_dir is not None and kind == "relay":
             fields["reachable_dir"] = reach_dir
-    if a.kind == "relay" and a.ns is not None:  # bridges are in no consensus: nothing said
-        fields.update(memoized(a, "ns", a.ns, _ns_fields))
-    return [("relay", fields, tags)] if fields else []
+    if ns is not None:  # (relays only: bridges are in no consensus, nothing said)
+        fields.update(_ns_fields(*ns))
+    return FrozenFields(fields)
 
 
 def _rate_fields(*values) -> dict:

@@ -1,10 +1,12 @@
 """sources.control.protocol: replies read in any pieces, bounded against a peer that sends too much."""
 
+import random
+
 import pytest
 
 from tor2influxdb2.errors import Reason
 from tor2influxdb2.sources.control.protocol import (MAX_KEPT, MAX_LINE, ProtocolViolation, ReplyReader,
-                                                    quote)
+                                                    _split_around, _split_lines, quote)
 
 REPLY = (b"250-version=0.4.9.11\r\n250-traffic/read=12\r\n250+circuit-status=\r\n1 BUILT $A~a PURPOSE=GENERAL\r\n"
          b"\r\n2 BUILT $B~b\r\n.\r\n250+entry-guards=\r\n$X~x up\r\n..dotted\r\n.\r\n250-stream-status=\r\n250 OK\r\n")
@@ -64,6 +66,25 @@ def test_counted_blocks_are_counted_not_kept():
     data = b"250+circuit-status=\r\n" + line * n + b".\r\n250 OK\r\n"
     [reply], _ = read(data, pieces=len(data) // 65536)
     assert reply.counts == {"circuit-status": n}
+
+
+def test_a_long_line_found_by_its_key_gives_the_same_lines_and_replies():
+    """Finding a long key's line (ReplyReader's `long`) splits every text into the same lines, also
+    where the key is not at a line's start, inside a data block, or ends with a bare LF or CR CR LF."""
+    rng = random.Random(20261202)
+    pieces = ["250-bw-event-cache=1,2 3,4", "250-bw-event-cache=", "x250-bw-event-cache=9", "250-a=1", "", "\r",
+              "250 OK", ".", "250+bw-event-cache=", "250-bw-event-cache", "250-bw-event-cache=" + "5,6 " * 700]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) + rng.choice(["\r\n", "\n", "\r\r\n"]) for _ in range(rng.randrange(1, 8)))
+        assert _split_around(text, ("250-bw-event-cache=",)) == _split_lines(text, "\r\n", "\n"), repr(text)
+    cache = " ".join(f"{i},{2 * i}" for i in range(300))
+    reply = (b"250-version=0.4.9.11\r\n250+circuit-status=\r\n1 BUILT\r\n.\r\n250-bw-event-cache=" + cache.encode()
+             + b"\r\n250 OK\r\n250-status/reachability-succeeded/or=1\r\n250 OK\r\n")
+    for pieces in (1, 2, 3, len(reply) // 100):
+        replies, reader = read(reply, pieces, long=frozenset({"bw-event-cache"}))
+        assert [(r.values, r.counts) for r in replies] == [
+            ({"version": "0.4.9.11", "bw-event-cache": cache}, {"circuit-status": 1}),
+            ({"status/reachability-succeeded/or": "1"}, {})] and reader.idle
 
 
 def test_quoted_strings_escape_backslash_and_quote():

@@ -60,6 +60,8 @@ SET_KEYS = {
 ACCOUNTING_DETAIL_KEYS = ("accounting/bytes", "accounting/bytes-left", "accounting/interval-end")
 #: Keys whose value is only counted, by non-empty lines, as it streams in.
 COUNTED_KEYS = frozenset({"circuit-status", "stream-status"})
+#: Keys whose one-line value is long (300 "read,written" pairs): the reply reader finds their line.
+LONG_KEYS = frozenset({"bw-event-cache"})
 REACHABILITY_KEYS = ("status/reachability-succeeded/or", "status/reachability-succeeded/dir")
 BANDWIDTH_OPTIONS = ("Nickname", "BandwidthRate", "BandwidthBurst", "RelayBandwidthRate", "RelayBandwidthBurst",
                      "MaxAdvertisedBandwidth")

@@ -25,6 +25,7 @@ MAX_LINE = 64 * 1024
 MAX_KEPT = 1024 * 1024
 MAX_REPLY = 32 * 1024 * 1024
 _LINE_OVERHEAD = 64  # what a kept line costs beyond its bytes (a str object, a list slot)
+_LONG_CHUNK = 2048  # a chunk shorter than this holds no long line worth finding (ReplyReader's `long`)
 _SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 UNRECOGNIZED_RE = re.compile(r'^Unrecognized (?:configuration )?key "([^"]*)"', re.IGNORECASE)
 
@@ -72,15 +73,19 @@ class Reply:
 class ReplyReader:
     """Turns the bytes of one control connection into :class:`Reply` objects, bounded.
 
-    `counted` names the keys whose values are only counted (by non-empty lines). With
-    `keep_lines` the raw lines are kept too (for :meth:`Reply.as_stem`; set-up replies only)."""
+    `counted` names the keys whose values are only counted (by non-empty lines). `long` names keys
+    whose one-line value is long (bw-event-cache: ~4.6 KB): their line is found with find(), which
+    skips it, rather than scanned by split(); the lines are the same. With `keep_lines` the raw
+    lines are kept too (for :meth:`Reply.as_stem`; set-up replies only)."""
 
-    __slots__ = ("counted", "keep_lines", "_buf", "_total", "_kept", "_lines", "_values", "_counts",
+    __slots__ = ("counted", "keep_lines", "_markers", "_buf", "_total", "_kept", "_lines", "_values", "_counts",
                  "_data_key", "_data_counted", "_data", "_data_count")
 
 
-    def __init__(self, counted: frozenset[str] = frozenset(), keep_lines: bool = False):
+    def __init__(self, counted: frozenset[str] = frozenset(), keep_lines: bool = False,
+                 long: frozenset[str] = frozenset()):
         self.counted, self.keep_lines = counted, keep_lines
+        self._markers = tuple(f"250-{key}=" for key in sorted(long))
         self._buf = b""
         self._reset()
 
@@ -119,7 +124,12 @@ class ReplyReader:
         except UnicodeDecodeError:
             text = None
         plain = text is not None and len(text) == len(chunk)  # ASCII, the common case: decoded at once
-        lines = _split_lines(text, "\r\n", "\n") if plain else _split_lines(chunk, b"\r\n", b"\n")
+        if not plain:
+            lines = _split_lines(chunk, b"\r\n", b"\n")
+        elif self._markers and end > _LONG_CHUNK:
+            lines = _split_around(text, self._markers)
+        else:
+            lines = _split_lines(text, "\r\n", "\n")
         if end > MAX_LINE:  # only then can a line be too long
             for line in lines:
                 if len(line) > MAX_LINE:
@@ -213,6 +223,22 @@ def _split_lines(chunk, crlf, lf) -> list:
         lines = [part for line in lines for part in line.split(lf)]
     lines.pop()  # the empty part after the last line break
     return lines
+
+
+def _split_around(text: str, markers: tuple[str, ...]) -> list[str]:
+    """_split_lines(text) (text that ends with a line break), but the first line that begins with
+    one of `markers` is found by find() (memchr over the line, where split() compares every
+    character) and cut out whole: the lines before it and after it are split as usual."""
+    for marker in markers:
+        start = text.find(marker)
+        while start > 0 and text[start - 1] != "\n":  # only at the beginning of a line
+            start = text.find(marker, start + 1)
+        if start >= 0:
+            stop = text.find("\n", start)  # there is one: the text ends with a line break
+            line = text[start:stop - 1] if text[stop - 1] == "\r" else text[start:stop]
+            before = _split_lines(text[:start], "\r\n", "\n") if start else []
+            return before + [line] + _split_lines(text[stop + 1:], "\r\n", "\n")
+    return _split_lines(text, "\r\n", "\n")
 
 
 def quote(text: str) -> str:

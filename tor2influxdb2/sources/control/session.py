@@ -39,8 +39,8 @@ from ...redact import clip
 from ...targets import TorHost
 from ..loopsession import CONNECTING, LoopSession
 from .metricsets import (ACCOUNTING_DETAIL_KEYS, BANDWIDTH_OPTIONS, CONF_REFRESH, COUNTED_KEYS, FINGERPRINT_RE,
-                         NICKNAME_RE, NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan, clean_version,
-                         parse_bool, parse_ns)
+                         LONG_KEYS, NICKNAME_RE, NS_REFRESH, PROBE_COMMANDS, REACHABILITY_KEYS, Answers, Plan,
+                         clean_version, parse_bool, parse_ns)
 from .protocol import ProtocolViolation, Reply, ReplyReader, quote
 
 # States
@@ -288,7 +288,7 @@ class ControlSession(LoopSession):
                                                    f"({reply.status} {clip(reply.message, 120)})"))
         self.connects += 1
         self.confirmed = True
-        self.reader = ReplyReader(counted=COUNTED_KEYS)
+        self.reader = ReplyReader(counted=COUNTED_KEYS, long=LONG_KEYS)
         # tor fills bw-event-cache only while a controller listens to a per-second event; CONN_BW is
         # one, and is never sent unless TestingEnableConnBwEvent is set. CONF_CHANGED tells when the
         # bandwidth options a relay's GETCONF asked may have changed (the answer is kept until then).

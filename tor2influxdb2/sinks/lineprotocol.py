@@ -111,24 +111,11 @@ class LineEncoder:
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
         fields = sample.fields
-        if fields.__class__ is FrozenFields:  # handed out again while unchanged: its line's head is kept
-            key = (sample.measurement, id(sample.tags))
-            kept = self._heads.get(key)
+        frozen = fields.__class__ is FrozenFields
+        if frozen:  # handed out again while unchanged: its line but the time is kept
+            kept = self._heads.get((sample.measurement, id(sample.tags)))
             if kept is not None and kept[0] is fields and kept[1] is sample.tags:
                 return f"{kept[2]} {sample.time_ms}"
-            head = self._head(sample)
-            if head is not None:
-                if len(self._heads) >= _MAX_HEADS:
-                    self._heads.clear()
-                self._heads[key] = (fields, sample.tags, head)  # (holding both, their ids stay theirs)
-                return f"{head} {sample.time_ms}"
-            return None
-        head = self._head(sample)
-        return None if head is None else f"{head} {sample.time_ms}"
-
-    def _head(self, sample: Sample) -> str | None:
-        """A line without its time, or None when no field can be written."""
-        fields = sample.fields
         key = (tuple(fields), tuple(map(type, fields.values())))
         try:
             plan = self._templates[key]
@@ -136,17 +123,25 @@ class LineEncoder:
             if len(self._templates) >= _MAX_CACHE:
                 self._templates.clear()
             plan = self._templates[key] = self._template(*key) if fields else None
+        line = None
         if plan is not None:
             template, getter, conversions = plan
             values = getter(fields)
             if conversions is not None:
                 values = _convert(values, *conversions)
             if values is not None:
-                return f"{self.prefix(sample.measurement, sample.tags)} {template % values}"
-        return self._head_each(sample)  # other types, a non-finite float, no fields
+                line = f"{self.prefix(sample.measurement, sample.tags)} {template % values} {sample.time_ms}"
+        if line is None:
+            line = self._encode_each(sample)  # other types, a non-finite float, no fields
+        if frozen and line is not None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            # (holding the fields and the tags, their ids stay theirs while kept)
+            self._heads[(sample.measurement, id(sample.tags))] = (fields, sample.tags, line[:line.rindex(" ")])
+        return line
 
-    def _head_each(self, sample: Sample) -> str | None:
-        """_head(), field by field."""
+    def _encode_each(self, sample: Sample) -> str | None:
+        """encode(), field by field."""
         fields = sample.fields
         parts = []
         for name, key in self._order(fields):
@@ -164,7 +159,7 @@ class LineEncoder:
                 parts.append(f'{key}="' + _escape_string(str(value)) + '"')
         if not parts:
             return None
-        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)}"
+        return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)} {sample.time_ms}"
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]

@@ -489,6 +489,7 @@ def test_memory_per_point_while_influxdb_is_down(tmp_path, many_port):
         done = bounded.wait_for_line(waiting.format(r"\d+"))
         full = (len(done), int(done[-1].group(1)))
         later = bounded.wait_for_line(waiting.format(r"\d+"), count=full[0] + 2)[-1]
+        last = bounded.wait_for_line(waiting.format(r"\d+"), count=full[0] + 4)[-1]
     finally:
         bounded.stop()
     slopes = sorted((m1 - m0) * 1024 / (p1 - p0) for (p0, m0), (p1, m1) in zip(samples, samples[1:]) if p1 > p0)
@@ -496,10 +497,15 @@ def test_memory_per_point_while_influxdb_is_down(tmp_path, many_port):
     median = slopes[len(slopes) // 2]
     print(f"\nmemory per waiting point: median {median:.1f} bytes a cycle, {overall:.1f} overall "
           f"({samples[-1][0] - samples[0][0]} points, {samples[-1][1] - samples[0][1]} KiB); "
-          f"BUFFER_MAX_MEMORY=1M: {int(later.group(1))} points waiting 2 cycles after it was full ({full[1]})")
+          f"BUFFER_MAX_MEMORY=1M: {full[1]} points waiting when it was full, {int(later.group(1))} and "
+          f"{int(last.group(1))} 2 and 4 cycles later (6,000 points a cycle)")
     assert samples[-1][0] - samples[0][0] >= 15_000 and median < 40  # a line as a str costs ~170 bytes
     assert "buffer full" not in daemon.output
-    assert int(later.group(1)) <= full[1] + 6000 and bounded.output.count("WARNING buffer full") == 1
+    # bounded: over the two cycles from 2 to 4 after it was full (12,000 points more) the count grows by
+    # less than a cycle's points; it settles within about a cycle of where it was full (the warning
+    # may come one cycle before, while the newest chunks are not compressed yet)
+    assert int(last.group(1)) - int(later.group(1)) < 6000 and int(later.group(1)) <= full[1] + 8000
+    assert bounded.output.count("WARNING buffer full") == 1
 
 
 def _fleet_lines(tors: int, cycle: int, encoder) -> list[str]:

@@ -290,7 +290,7 @@ def _status(a: Answers) -> Built:
     return [("status", fields, ())] if fields else []
 
 
-def _accounting_fields(enabled, hibernating, used, left, end) -> dict | None:
+def _accounting_fields(enabled, hibernating, used, left, end) -> FrozenFields | None:
     enabled = parse_bool(enabled)
     if enabled is None:
         return None
@@ -371,25 +371,23 @@ def _relay(a: Answers) -> Built:
     if a.kind not in ("relay", "bridge") or not a.fingerprint:
         return []
     tags = (("fingerprint", a.fingerprint), ("nickname", a.nickname or "Unnamed"))
-    reach = a.reach
-    key = (a.kind, a.conf, None if reach is None else reach.get("status/reachability-succeeded/or"),
-           None if reach is None else reach.get("status/reachability-succeeded/dir"),
-           reach is not None, a.ns if a.kind == "relay" else None)
+    reach = a.reach or {}
+    key = (a.kind, a.conf, reach.get("status/reachability-succeeded/or"),
+           reach.get("status/reachability-succeeded/dir"), a.ns if a.kind == "relay" else None)
     fields = memoized(a, "relay", key, _relay_fields)  # the same object while the answers are the same
     return [("relay", fields, tags)] if fields else []
 
 
-def _relay_fields(kind: str, conf: dict | None, reach_or: str | None, reach_dir: str | None, reached: bool,
+def _relay_fields(kind: str, conf: dict | None, reach_or: str | None, reach_dir: str | None,
                   ns: tuple | None) -> FrozenFields:
     fields: dict = {}
     if conf is not None:
         fields.update(_RATE_FIELDS[tuple(map(conf.get, _RATE_OPTIONS))])
-    if reached:
-        reach_or, reach_dir = parse_bool(reach_or), parse_bool(reach_dir)
-        if reach_or is not None:
-            fields["reachable_or"] = reach_or
-        if reach_dir is not None and kind == "relay":
-            fields["reachable_dir"] = reach_dir
+    reach_or, reach_dir = parse_bool(reach_or), parse_bool(reach_dir)  # (None when not answered)
+    if reach_or is not None:
+        fields["reachable_or"] = reach_or
+    if reach_dir is not None and kind == "relay":
+        fields["reachable_dir"] = reach_dir
     if ns is not None:  # (relays only: bridges are in no consensus, nothing said)
         fields.update(_ns_fields(*ns))
     return FrozenFields(fields)

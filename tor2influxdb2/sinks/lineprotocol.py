@@ -113,7 +113,8 @@ class LineEncoder:
         fields = sample.fields
         frozen = fields.__class__ is FrozenFields
         if frozen:  # handed out again while unchanged: its line but the time is kept
-            kept = self._heads.get((sample.measurement, id(sample.tags)))
+            head_key = (sample.measurement, id(sample.tags))
+            kept = self._heads.get(head_key)
             if kept is not None and kept[0] is fields and kept[1] is sample.tags:
                 return f"{kept[2]} {sample.time_ms}"
         key = (tuple(fields), tuple(map(type, fields.values())))
@@ -137,7 +138,7 @@ class LineEncoder:
             if len(self._heads) >= _MAX_HEADS:
                 self._heads.clear()
             # (holding the fields and the tags, their ids stay theirs while kept)
-            self._heads[(sample.measurement, id(sample.tags))] = (fields, sample.tags, line[:line.rindex(" ")])
+            self._heads[head_key] = (fields, sample.tags, line[:line.rindex(" ")])
         return line
 
     def _encode_each(self, sample: Sample) -> str | None:

@@ -27,6 +27,11 @@ MAX_REPLY = 32 * 1024 * 1024
 _LINE_OVERHEAD = 64  # what a kept line costs beyond its bytes (a str object, a list slot)
 _LONG_CHUNK = 2048  # a chunk shorter than this holds no long line worth finding (ReplyReader's `long`)
 _SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
+#: "250-key" -> "key" of the keys of poll replies seen so far, per set of counted keys (those are not
+#: in it): the readers of every connection share it; a partition and a lookup cost less than slicing
+#: the line twice and hashing the new key. Bounded: cleared when full (a peer may send any keys).
+_NAMES: dict[frozenset, dict[str, str]] = {}
+_MAX_NAMES = 4096
 UNRECOGNIZED_RE = re.compile(r'^Unrecognized (?:configuration )?key "([^"]*)"', re.IGNORECASE)
 
 
@@ -78,14 +83,15 @@ class ReplyReader:
     skips it, rather than scanned by split(); the lines are the same. With `keep_lines` the raw
     lines are kept too (for :meth:`Reply.as_stem`; set-up replies only)."""
 
-    __slots__ = ("counted", "keep_lines", "_markers", "_buf", "_total", "_kept", "_lines", "_values", "_counts",
-                 "_data_key", "_data_counted", "_data", "_data_count")
+    __slots__ = ("counted", "keep_lines", "_markers", "_names", "_buf", "_total", "_kept", "_lines", "_values",
+                 "_counts", "_data_key", "_data_counted", "_data", "_data_count")
 
 
     def __init__(self, counted: frozenset[str] = frozenset(), keep_lines: bool = False,
                  long: frozenset[str] = frozenset()):
         self.counted, self.keep_lines = counted, keep_lines
         self._markers = tuple(f"250-{key}=" for key in sorted(long))
+        self._names = _NAMES.setdefault(counted, {})
         self._buf = b""
         self._reset()
 
@@ -138,7 +144,7 @@ class ReplyReader:
             lines = [line.decode("utf-8", "replace") for line in lines]
         replies = []
         fast = not self.keep_lines
-        counted, values, kept = self.counted, self._values, self._kept
+        counted, values, kept, names = self.counted, self._values, self._kept, self._names
         for line in lines:
             if self._data_key is not None:  # inside a data block
                 if line == ".":
@@ -159,17 +165,23 @@ class ReplyReader:
                         self._too_much()
                     self._data.append(line)
                 continue
-            if fast and line[:4] == "250-":  # the common line of a poll: 250-key=value
-                kept += len(line) + _LINE_OVERHEAD
-                if kept > MAX_KEPT:
-                    self._too_much()
+            if fast:  # the common line of a poll: 250-key=value
                 key, eq, value = line.partition("=")
-                name = key[4:]
-                if name in counted:
-                    self._counts[name] = 1 if value.strip(_SPACE) else 0
-                else:
+                name = names.get(key)  # the key without "250-", for a key seen before (not a counted one)
+                if name is not None or key[:4] == "250-":
+                    kept += len(line) + _LINE_OVERHEAD
+                    if kept > MAX_KEPT:
+                        self._too_much()
+                    if name is None:
+                        name = key[4:]
+                        if name in counted:
+                            self._counts[name] = 1 if value.strip(_SPACE) else 0
+                            continue
+                        if len(names) >= _MAX_NAMES:
+                            names.clear()
+                        names[key] = name
                     values[name] = value if eq else None
-                continue
+                    continue
             self._kept = kept
             reply = self._status_line(line)
             if reply is not None:

@@ -3,6 +3,7 @@ a relay (ORPort set), accounting; the schema's types hold for every field writte
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -11,8 +12,8 @@ import pytest
 from peers import RecordingProxy
 from tor2influxdb2.model import field_type
 from tor2influxdb2.poller import Poller
-from tor2influxdb2.sources.control.metricsets import (FLAGS, SCHEMA, SET_NAMES, Answers, Plan, effective_rates,
-                                                      parse_ns)
+from tor2influxdb2.sources.control.metricsets import (FLAGS, SCHEMA, SET_NAMES, Answers, Plan, _last_pairs,
+                                                      effective_rates, parse_int, parse_ns)
 from tor2influxdb2.targets import TorHost, parse_tor_host
 
 ALL = Plan(SET_NAMES)
@@ -264,6 +265,40 @@ def test_bandwidth_covers_the_seconds_since_the_last_poll():
     [(_, fields, _)] = Plan(("bandwidth",)).build(answers)
     assert fields == {"read_rate_max": 30, "written_rate_max": 3, "read_rate_mean": 20.0,
                       "written_rate_mean": 2.0, "seconds": 3}
+
+
+def test_bandwidth_pairs_read_at_once_equal_reading_them_one_by_one():
+    """_last_pairs reads well-formed "read,written" items with one regular expression; whatever tor (or
+    a peer) sends, the numbers are those of reading each item alone, a malformed item left out."""
+    rng = random.Random(20261202)
+    pieces = ["0", "7", "123456", "9" * 18, "9" * 19, "1" * 20, "", " ", "01", "+1", "-1", "1_0", "\u0663", "1.5",
+              "x", "1,2", "\t3"]
+
+    def one_by_one(text, wanted):
+        reads, writes = [], []
+        for item in text.rsplit(" ", wanted)[-wanted:]:
+            read, _, written = item.partition(",")
+            r, w = parse_int(read), parse_int(written)
+            if r is not None and w is not None:
+                reads.append(r)
+                writes.append(w)
+        return reads, writes
+
+    for _ in range(3000):
+        items = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.8:
+                items.append(f"{rng.randrange(10 ** rng.randint(1, 18))},{rng.randrange(10 ** rng.randint(1, 18))}")
+            else:
+                items.append(rng.choice(pieces) + rng.choice(["", ",", ",,", " "]) + rng.choice(pieces))
+        text, wanted = rng.choice(["", " "]).join(items), rng.randint(1, 14)
+        assert _last_pairs(text, wanted) == one_by_one(text, wanted), (text, wanted)
+    text = " ".join(["1,2"] * 299 + ["3,40"])
+    answers = Answers()
+    answers.values, answers.elapsed = {"bw-event-cache": text}, 2.0
+    [(_, fields, _)] = Plan(("bandwidth",)).build(answers)
+    assert fields == {"read_rate_max": 3, "written_rate_max": 40, "read_rate_mean": 2.0, "written_rate_mean": 21.0,
+                      "seconds": 2}
 
 
 def test_guard_states_are_counted():

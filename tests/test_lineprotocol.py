@@ -6,7 +6,7 @@ import string
 import pytest
 from influxdb_client import Point, WritePrecision
 
-from tor2influxdb2.model import FrozenFields, Sample, make_tags
+from tor2influxdb2.model import ExtendedFields, FrozenFields, Sample, extend, make_tags
 from tor2influxdb2.sinks.lineprotocol import LineEncoder
 
 
@@ -61,6 +61,42 @@ def test_frozen_fields_are_written_like_any_fields_and_their_kept_line_follows_e
     with pytest.raises(TypeError):
         fields.update(enabled=1)
     assert fields == {"enabled": 0, "hibernating": "awake", "rate": 1.5}
+
+
+def test_extended_fields_are_written_like_any_fields_and_their_template_follows_every_change():
+    """An ExtendedFields line (a status: the same base, a new uptime at every poll) comes from a kept
+    template, reused only for the same base and tags objects and the same extra field's name and type:
+    every line equals the one of the same fields as a plain dict, and influxdb-client's."""
+    encoder, plain = LineEncoder(), LineEncoder()
+    tags, other = make_tags({"host": "a%s", "service": "tor"}), make_tags({"host": "b", "service": "tor"})
+    base = FrozenFields({"dormant": 0, "version_status": 'new "50%"', "zeta": 1.5, "ok": True})
+    other_base = FrozenFields({"dormant": 1, "version_status": "recommended"})
+    cases = [(base, "uptime", 10), (base, "uptime", 11), (base, "uptime", 2 ** 62), (base, "a%d", 3),
+             (base, "uptime", 1.25), (base, "uptime", 'x"\\y %s'), (base, "uptime", False),
+             (base, "dormant", 7), (other_base, "uptime", 12), (base, "uptime", 13), (FrozenFields(), "uptime", 1),
+             (FrozenFields({"nan": float("nan")}), "uptime", 2)]
+    for time_ms, (fields_base, name, value) in enumerate(cases * 2):
+        for sample_tags in (tags, other, tags):
+            sample = Sample("status", sample_tags, extend(fields_base, name, value), time_ms)
+            line = encoder.encode(sample)
+            assert line == plain.encode(sample._replace(fields=dict(sample.fields))), sample
+            assert line == point_line(sample._replace(fields={k: v for k, v in sample.fields.items() if k != "nan"}))
+    # an extra value the template cannot hold (not finite, of another type): written as any fields
+    for value in (float("nan"), float("inf")):
+        line = encoder.encode(Sample("status", tags, extend(base, "uptime", value), 5))
+        assert line == plain.encode(Sample("status", tags, dict(base), 5))
+    assert encoder.encode(Sample("status", tags, extend(FrozenFields(), "uptime", float("nan")), 5)) is None
+
+    class Count(int):
+        pass
+    sample = Sample("status", tags, extend(base, "uptime", Count(4)), 6)
+    assert encoder.encode(sample) == plain.encode(sample._replace(fields=dict(sample.fields))) == point_line(sample)
+    fields = extend(base, "uptime", 1)
+    assert isinstance(fields, ExtendedFields) and fields == {**base, "uptime": 1}
+    for change in (lambda: fields.__setitem__("uptime", 2), lambda: fields.update(uptime=2), fields.clear):
+        with pytest.raises(TypeError):
+            change()
+    assert fields == {**base, "uptime": 1}
 
 
 def test_types_are_fixed():

@@ -28,17 +28,45 @@ class Sample(NamedTuple):
     time_ms: int
 
 
-class FrozenFields(dict):
+class _Unchangeable(dict):
+    """A dict whose every mutator raises TypeError."""
+
+    __slots__ = ()
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _frozen
+
+
+class FrozenFields(_Unchangeable):
     """Fields that cannot be changed once made, which a source may hand out again at later polls
     while their values stay the same (a relay's flags, accounting while it is off). A sink may keep
     what it derived from one, by identity: the same object always holds the same values."""
 
     __slots__ = ()
 
-    def _frozen(self, *args, **kwargs):
-        raise TypeError("FrozenFields cannot be changed")
 
-    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _frozen
+class ExtendedFields(_Unchangeable):
+    """The fields of a :class:`FrozenFields` ``base``, handed out again while unchanged, and one
+    more that changes at every poll (a tor's uptime beside the rest of its status); made by
+    :func:`extend`. As a mapping it holds them all (the extra field overrides a base field of its
+    name); ``extra`` holds the extra one as (name, value). A sink may keep what it derived
+    from the base, by identity, and add the extra field. It cannot be changed either."""
+
+    __slots__ = ("base", "extra")
+
+
+_set = dict.__setitem__
+
+
+def extend(base: FrozenFields, name: str, value: FieldValue) -> ExtendedFields:
+    """`base`'s fields and `name`=`value`, as :class:`ExtendedFields`. (A function, not the class's
+    __init__, which would cost twice as much: a tor's status is made so at every poll.)"""
+    fields = ExtendedFields(base)
+    _set(fields, name, value)
+    fields.base, fields.extra = base, (name, value)
+    return fields
 
 
 def make_tags(tags: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

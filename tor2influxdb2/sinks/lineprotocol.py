@@ -18,7 +18,7 @@ import math
 from operator import itemgetter
 from typing import Iterable
 
-from ..model import FrozenFields, Sample
+from ..model import ExtendedFields, FrozenFields, Sample
 
 _KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
@@ -47,7 +47,10 @@ class LineEncoder:
     """Encodes samples; keeps bounded caches of escaped measurements, tag pairs and, per field set
     (its names and their value types), a template of its fields; and for a sample whose fields are
     :class:`~tor2influxdb2.model.FrozenFields`, its line but the time, per measurement and tag set,
-    reused while the same fields and tags objects come again."""
+    reused while the same fields and tags objects come again; for one whose fields are
+    :class:`~tor2influxdb2.model.ExtendedFields`, a template of its line with the base's fields
+    written in, reused while the same base and tags objects and the same extra field's name and type
+    come."""
 
     def __init__(self) -> None:
         self._measurements: dict[str, str] = {}
@@ -55,6 +58,8 @@ class LineEncoder:
         self._orders: dict[tuple, tuple] = {}
         self._templates: dict[tuple, tuple | None] = {}
         self._heads: dict[tuple[str, int], tuple] = {}  # (measurement, id(tags)) -> (fields, tags, head)
+        # (measurement, id(tags)) -> (base, tags, the extra field's name, its type, template)
+        self._extended: dict[tuple[str, int], tuple] = {}
 
     def prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         """``measurement,key=value,...`` escaped (a pair with an empty value is left out)."""
@@ -111,12 +116,17 @@ class LineEncoder:
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
         fields = sample.fields
-        frozen = fields.__class__ is FrozenFields
+        kind = fields.__class__
+        frozen = kind is FrozenFields
         if frozen:  # handed out again while unchanged: its line but the time is kept
             head_key = (sample.measurement, id(sample.tags))
             kept = self._heads.get(head_key)
             if kept is not None and kept[0] is fields and kept[1] is sample.tags:
                 return f"{kept[2]} {sample.time_ms}"
+        elif kind is ExtendedFields:
+            line = self._encode_extended(sample)
+            if line is not None:
+                return line  # (else as any fields: a value of another type or not finite)
         key = (tuple(fields), tuple(map(type, fields.values())))
         try:
             plan = self._templates[key]
@@ -141,29 +151,74 @@ class LineEncoder:
             self._heads[head_key] = (fields, sample.tags, line[:line.rindex(" ")])
         return line
 
+    def _encode_extended(self, sample: Sample) -> str | None:
+        """encode() of ExtendedFields from a kept template (made at the first such sample): None when
+        it cannot be made so (a value of another type, a float that is not finite)."""
+        fields = sample.fields
+        name, value = fields.extra
+        kind = value.__class__
+        key = (sample.measurement, id(sample.tags))
+        kept = self._extended.get(key)
+        if kept is None or kept[0] is not fields.base or kept[1] is not sample.tags or kept[2] != name \
+                or kept[3] is not kind:
+            if len(self._extended) >= _MAX_HEADS:
+                self._extended.clear()
+            # (holding the base and the tags, their ids stay theirs while kept)
+            kept = self._extended[key] = (fields.base, sample.tags, name, kind,
+                                          self._extended_template(sample, name, kind))
+        template = kept[4]
+        if template is None:
+            return None
+        if kind is not int:
+            if kind is str:
+                value = _escape_string(value)
+            elif kind is bool:
+                value = "true" if value else "false"
+            elif not math.isfinite(value):
+                return None
+        return template % (value, sample.time_ms)
+
+    def _extended_template(self, sample: Sample, extra: str, kind: type) -> str | None:
+        """The template of an ExtendedFields line: its prefix and every field in order of name, the
+        base's written out, the extra one (`extra`, of type `kind`) and the time as %-placeholders;
+        None when the extra value is of another type."""
+        placeholder = _PLACEHOLDER.get(kind)
+        if placeholder is None:
+            return None
+        fields, parts = sample.fields, []
+        for name, key in self._order(fields):
+            if name == extra:
+                parts.append(key.replace("%", "%%") + "=" + placeholder)
+            else:
+                text = _field_text(key, fields[name])
+                if text is not None:
+                    parts.append(text.replace("%", "%%"))
+        return f"{self.prefix(sample.measurement, sample.tags).replace('%', '%%')} {','.join(parts)} %d"
+
     def _encode_each(self, sample: Sample) -> str | None:
         """encode(), field by field."""
         fields = sample.fields
-        parts = []
-        for name, key in self._order(fields):
-            value = fields[name]
-            if value.__class__ is int:
-                parts.append(f"{key}={value}i")
-            elif isinstance(value, bool):
-                parts.append(f"{key}={'true' if value else 'false'}")
-            elif isinstance(value, int):
-                parts.append(f"{key}={int(value)}i")
-            elif isinstance(value, float):
-                if math.isfinite(value):
-                    parts.append(f"{key}={value!r}")
-            else:
-                parts.append(f'{key}="' + _escape_string(str(value)) + '"')
+        parts = [text for text in (_field_text(key, fields[name]) for name, key in self._order(fields))
+                 if text is not None]
         if not parts:
             return None
         return f"{self.prefix(sample.measurement, sample.tags)} {','.join(parts)} {sample.time_ms}"
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]
+
+
+def _field_text(key: str, value) -> str | None:
+    """``key=value`` of one field (`key` escaped), None for a float that is not finite."""
+    if value.__class__ is int:
+        return f"{key}={value}i"
+    if isinstance(value, bool):
+        return f"{key}={'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"{key}={int(value)}i"
+    if isinstance(value, float):
+        return f"{key}={value!r}" if math.isfinite(value) else None
+    return f'{key}="' + _escape_string(str(value)) + '"'
 
 
 def _convert(values: tuple, floats: tuple, texts: tuple, bools: tuple) -> tuple | None:

@@ -29,7 +29,7 @@ import time
 from typing import Callable
 
 from ...errors import Failure, Reason, SourceError
-from ...model import FieldSpec, FrozenFields, MeasurementSpec
+from ...model import FieldSpec, FrozenFields, MeasurementSpec, extend
 
 SET_NAMES = ("core", "status", "relay", "accounting", "guards", "bandwidth")
 DEFAULT_SETS = ("core",)
@@ -261,7 +261,7 @@ CORE_MEASUREMENTS = tuple((m, tuple((f, k, k in COUNTED_KEYS) for f, k in pairs)
 ))
 
 
-def _status_fields(liveness, circuit, dormant, enough, phase, version_status, limit) -> dict:
+def _status_fields(liveness, circuit, dormant, enough, phase, version_status, limit) -> FrozenFields:
     """The status fields but uptime, from their texts (None ones left out)."""
     progress = PROGRESS_RE.search(phase or "")
     fields = {
@@ -273,7 +273,7 @@ def _status_fields(liveness, circuit, dormant, enough, phase, version_status, li
         "version_status": parse_word(version_status),
         "descriptor_limit": parse_int(limit),
     }
-    return {k: x for k, x in fields.items() if x is not None}
+    return FrozenFields({k: x for k, x in fields.items() if x is not None})
 
 
 _STATUS_KEYS = ("network-liveness", "status/circuit-established", "dormant", "status/enough-dir-info",
@@ -285,9 +285,10 @@ def _status(a: Answers) -> Built:
     v = a.values
     get = v.get
     uptime = parse_int(get("uptime"))
-    rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]
-    fields = {"uptime": uptime, **rest} if uptime is not None else dict(rest)
-    return [("status", fields, ())] if fields else []
+    rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]  # the same object while tor's answers are the same
+    if uptime is None:
+        return [("status", rest, ())] if rest else []
+    return [("status", extend(rest, "uptime", uptime), ())]
 
 
 def _accounting_fields(enabled, hibernating, used, left, end) -> FrozenFields | None:

@@ -5,8 +5,8 @@ The entry point the image and the original's users run: arguments, signals, exit
 The daemon itself is the package tor2influxdb2 (see its __init__ for the layout).
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT, SIGHUP) or when -t polled every tor,
-1 when -t could not poll a tor, 2 for a configuration problem (every one listed on stderr),
-70 for an internal error (a bug: one masked line on stderr, where it happened, never a traceback).
+1 when -t could not poll a tor, 2 for a configuration problem (every one listed on stderr) or a
+pinned requirement that is not installed (its name and the pip command), 70 for an internal error (a bug: one masked line on stderr, where it happened, never a traceback).
 """
 
 from __future__ import annotations
@@ -147,10 +147,28 @@ def main(argv: list[str] | None = None, env=None) -> int:
     return status
 
 
+# The import names of requirements.txt's packages, and the names pip knows them by.
+REQUIREMENTS = {"stem": "stem", "urllib3": "urllib3", "certifi": "certifi",
+                "prometheus_client": "prometheus_client", "socks": "PySocks", "bcrypt": "bcrypt"}
+
+
+def missing_requirement(exc: BaseException) -> str | None:
+    """The pip name of the pinned requirement whose import failed with `exc`, or None (then it is a bug)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return REQUIREMENTS.get(exc.name.partition(".")[0])
+    return None
+
+
 def describe_bug(exc: BaseException) -> str:
-    """One masked line for an exception nobody expected: its type, message and innermost frame."""
+    """One masked line for an exception nobody expected: its type, message and innermost frame
+    (or, for a requirement that is not installed, what to install)."""
     import traceback
     from tor2influxdb2.redact import mask
+    package = missing_requirement(exc)
+    if package is not None:
+        return (f"installation problem: the Python package {package} is not installed for "
+                f"{sys.executable or 'this Python'} (install the pinned requirements: "
+                f"pip install -r requirements.txt)")
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     return mask(f"internal error (a bug, please report it): {type(exc).__name__}: {exc}{where}")
@@ -183,7 +201,7 @@ def entry() -> int:
             print(describe_bug(exc), file=sys.stderr, flush=True)
         except Exception:  # noqa: BLE001
             pass
-        return 70
+        return 2 if missing_requirement(exc) is not None else 70
 
 
 def leave(status: int) -> None:

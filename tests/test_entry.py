@@ -38,3 +38,26 @@ def test_a_bug_in_a_thread_is_one_masked_line(monkeypatch, capsys, secret):
     err = capsys.readouterr().err
     assert err.startswith("thread delivery: internal error (a bug, please report it): RuntimeError: token=")
     assert secret not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module, package, args", [("stem", "stem", ["-t"]), ("urllib3", "urllib3", [])])
+def test_a_requirement_that_is_not_installed_is_named_with_the_pip_command_and_status_2(module, package, args,
+                                                                                       tmp_path):
+    # A Python without the pinned requirements (python3 instead of the venv's): the real import fails.
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.modules[{module!r}] = None; import tor_to_influxdb2; "
+            "sys.exit(tor_to_influxdb2.entry())")
+    env = {"PATH": os.environ.get("PATH", ""), "TOR_HOSTS": f"127.0.0.1:9051:{SECRET}:tor1",
+           "INFLUX_URL": "http://127.0.0.1:9", "INFLUX_ORGANIZATION": "org", "INFLUX_BUCKET": "tor",
+           "INFLUX_TOKEN": SECRET + "-token", "HEALTHCHECK_FILE": str(tmp_path / "health")}
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == (f"installation problem: the Python package {package} is not installed for "
+                         f"{sys.executable} (install the pinned requirements: pip install -r requirements.txt)")
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert SECRET not in done.stdout + done.stderr

@@ -274,15 +274,11 @@ def test_bandwidth_pairs_read_at_once_equal_reading_them_one_by_one():
     pieces = ["0", "7", "123456", "9" * 18, "9" * 19, "1" * 20, "", " ", "01", "+1", "-1", "1_0", "\u0663", "1.5",
               "x", "1,2", "\t3"]
 
-    def one_by_one(text, wanted):
-        reads, writes = [], []
-        for item in text.rsplit(" ", wanted)[-wanted:]:
-            read, _, written = item.partition(",")
-            r, w = parse_int(read), parse_int(written)
-            if r is not None and w is not None:
-                reads.append(r)
-                writes.append(w)
-        return reads, writes
+    def one_by_one(text, wanted):  # every space-separated item of the last `wanted`, alone
+        pairs = [(parse_int(read), parse_int(written))
+                 for read, _, written in (item.partition(",") for item in text.split(" ")[-wanted:])]
+        pairs = [pair for pair in pairs if None not in pair]
+        return [read for read, _ in pairs], [written for _, written in pairs]
 
     for _ in range(3000):
         items = []

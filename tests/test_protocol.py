@@ -59,6 +59,32 @@ def test_what_a_peer_cannot_make_it_hold(data, reason):
     assert info.value.failure.reason == reason
 
 
+@pytest.mark.parametrize("pieces", [1, 3, 1000])
+def test_a_data_blocks_dot_stuffing_is_undone_on_its_lines_not_on_the_text_after_its_key(pieces):
+    data = (b"250+ns/id/A=.first\r\n..two\r\nthree..\r\n.four\r\n.\r\n"
+            b"250+entry-guards=\r\n..x\r\n.\r\n250+config-text=\r\nplain\r\n.\r\n250 OK\r\n")
+    [reply], reader = read(data, pieces)
+    assert reply.values == {"ns/id/A": ".first\n.two\nthree..\nfour", "entry-guards": ".x", "config-text": "plain"}
+    assert reader.idle
+
+
+@pytest.mark.parametrize("replies", [1, 40])
+def test_kept_values_are_bounded_per_reply_in_the_pieces_a_socket_gives(replies):
+    """1.5 MiB of key=value lines fed in 64 KiB pieces: one reply that holds them all is too much;
+    the same lines in 40 replies (each well under the bound) are read whole."""
+    lines = [b"250-k%d=%s\r\n" % (i, b"v" * 100) for i in range(int(1.5 * MAX_KEPT) // 110)]
+    per = -(-len(lines) // replies)
+    data = b"".join(b"".join(lines[i:i + per]) + b"250 OK\r\n" for i in range(0, len(lines), per))
+    if replies == 1:
+        for pieces in (1, len(data) // 65536):  # (in one piece: checked when the reply ends)
+            with pytest.raises(ProtocolViolation) as info:
+                read(data, pieces=pieces)
+            assert info.value.failure.reason == Reason.TOO_LARGE
+    else:
+        out, reader = read(data, pieces=len(data) // 65536)
+        assert len(out) == replies and sum(len(r.values) for r in out) == len(lines) and reader.idle
+
+
 def test_counted_blocks_are_counted_not_kept():
     """A 20 MB circuit-status is counted as it streams by, within the kept-bytes bound."""
     line = b"1 BUILT $AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA~relay PURPOSE=GENERAL TIME_CREATED=2026-12-01T20\r\n"

@@ -2,8 +2,9 @@
 
 :class:`ReplyReader` is fed the bytes a control port sends and returns complete replies. It is
 incremental (bytes arrive in any pieces), and it bounds what a peer can make it hold: a line
-longer than :data:`MAX_LINE`, more than :data:`MAX_KEPT` bytes of values kept (characters, of lines
-that are not ASCII), or a reply longer than :data:`MAX_REPLY` raise :class:`ProtocolViolation`.
+longer than :data:`MAX_LINE`, more than :data:`MAX_KEPT` bytes of values kept (counted per piece
+fed: its bytes and a line's overhead, but those of counted blocks), or a reply longer than
+:data:`MAX_REPLY` raise :class:`ProtocolViolation`.
 Data blocks of keys whose lines are only counted (``circuit-status``, ``stream-status``) are
 counted as they stream by, never stored.
 
@@ -25,6 +26,7 @@ MAX_LINE = 64 * 1024
 MAX_KEPT = 1024 * 1024
 MAX_REPLY = 32 * 1024 * 1024
 _LINE_OVERHEAD = 64  # what a kept line costs beyond its bytes (a str object, a list slot)
+_NOT_KEPT = _LINE_OVERHEAD + 1  # a counted line's share of a piece beyond its characters (at least its LF)
 _LONG_CHUNK = 2048  # a chunk shorter than this holds no long line worth finding (ReplyReader's `long`)
 _SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 #: "250-key" -> "key" of the keys of poll replies seen so far, per set of counted keys (those are not
@@ -84,7 +86,7 @@ class ReplyReader:
     lines are kept too (for :meth:`Reply.as_stem`; set-up replies only)."""
 
     __slots__ = ("counted", "keep_lines", "_markers", "_names", "_buf", "_total", "_kept", "_lines", "_values",
-                 "_counts", "_data_key", "_data_counted", "_data", "_data_count")
+                 "_counts", "_data_key", "_data_counted", "_data", "_data_first", "_data_count")
 
 
     def __init__(self, counted: frozenset[str] = frozenset(), keep_lines: bool = False,
@@ -104,6 +106,7 @@ class ReplyReader:
         self._data_key: str | None = None
         self._data_counted = False
         self._data: list = []
+        self._data_first = False  # _data[0] is the text after "+key=", not a (dot-stuffed) line of the block
         self._data_count = 0
 
     @property
@@ -144,34 +147,33 @@ class ReplyReader:
             lines = [line.decode("utf-8", "replace") for line in lines]
         replies = []
         fast = not self.keep_lines
-        counted, values, kept, names = self.counted, self._values, self._kept, self._names
+        counted, values, names = self.counted, self._values, self._names
+        # What the reply keeps is counted per piece, not per line: the piece's lines as if all were kept
+        # (bytes, at least their characters), less the lines of counted blocks, which are not. Checked when a
+        # reply ends and at the end of the piece; the lines after a reply's end in the same piece are not
+        # counted for the next one (at most one piece: the caller's recv() size).
+        kept = self._kept + end + _LINE_OVERHEAD * len(lines)
+        dropped = 0
         for line in lines:
             if self._data_key is not None:  # inside a data block
                 if line == ".":
                     if self._data_counted:
                         self._counts[self._data_key] = self._data_count
                     else:
-                        values[self._data_key] = "\n".join(self._data)
+                        values[self._data_key] = self._data_text()
                     self._data_key = None
                     self._data = []
                 elif self._data_counted:
+                    dropped += len(line) + _NOT_KEPT
                     if line.strip(_SPACE):
                         self._data_count += 1
                 else:
-                    if line[:1] == ".":
-                        line = line[1:]
-                    kept += len(line) + _LINE_OVERHEAD
-                    if kept > MAX_KEPT:
-                        self._too_much()
-                    self._data.append(line)
+                    self._data.append(line)  # (dot-stuffing is undone at the block's end)
                 continue
             if fast:  # the common line of a poll: 250-key=value
                 key, eq, value = line.partition("=")
                 name = names.get(key)  # the key without "250-", for a key seen before (not a counted one)
                 if name is not None or key[:4] == "250-":
-                    kept += len(line) + _LINE_OVERHEAD
-                    if kept > MAX_KEPT:
-                        self._too_much()
                     if name is None:
                         name = key[4:]
                         if name in counted:
@@ -182,13 +184,27 @@ class ReplyReader:
                         names[key] = name
                     values[name] = value if eq else None
                     continue
-            self._kept = kept
             reply = self._status_line(line)
             if reply is not None:
+                if kept - dropped > MAX_KEPT:
+                    self._too_much()
                 replies.append(reply)
-            values, kept = self._values, self._kept
+                values, kept, dropped = self._values, 0, 0
+        kept = max(0, kept - dropped)
+        if kept > MAX_KEPT:
+            self._too_much()
         self._kept = kept
         return replies
+
+    def _data_text(self) -> str:
+        """The value of the data block just ended: its lines joined, each line's dot-stuffing undone
+        (a line that begins with "." lost that dot when tor sent it) but that of the "+key=" line's text."""
+        data = self._data
+        text = "\n".join(data)
+        if text[:1] == "." or "\n." in text:  # rare: only then line by line
+            skip = 1 if self._data_first else 0
+            text = "\n".join(data[:skip] + [line[1:] if line[:1] == "." else line for line in data[skip:]])
+        return text
 
     def _status_line(self, line: str) -> Reply | None:
         """A line outside data blocks that feed() does not read itself (all but 250-key=value)."""
@@ -198,9 +214,6 @@ class ReplyReader:
             raise ProtocolViolation(Reason.PROTOCOL, "the peer does not speak tor's control protocol "
                                                      "(a reply line without a status code)")
         content = line[4:]
-        self._kept += len(line) + _LINE_OVERHEAD
-        if self._kept > MAX_KEPT:
-            self._too_much()
         if self.keep_lines:
             self._lines.append((int(code), divider, content.encode()))
         if divider == "+":
@@ -208,7 +221,8 @@ class ReplyReader:
             self._data_key = key
             self._data_counted = key in self.counted
             self._data_count = 1 if (first.strip(_SPACE) and self._data_counted) else 0
-            self._data = [first] if first and not self._data_counted else []
+            self._data_first = bool(first) and not self._data_counted
+            self._data = [first] if self._data_first else []
             return None
         if code == "250":
             key, eq, value = content.partition("=")

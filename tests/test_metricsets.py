@@ -267,6 +267,18 @@ def test_bandwidth_covers_the_seconds_since_the_last_poll():
                       "written_rate_mean": 2.0, "seconds": 3}
 
 
+@pytest.mark.parametrize("elapsed, seconds", [(None, 300), (0.2, 1), (0.7, 1), (1.4, 1), (9.6, 10), (299.4, 299),
+                                              (299.6, 300), (400.0, 300)])
+def test_bandwidth_covers_the_seconds_since_the_last_poll_within_what_tor_keeps(elapsed, seconds):
+    answers = Answers()
+    answers.values = {"bw-event-cache": " ".join(f"{i},{2 * i}" for i in range(1, 301))}  # tor keeps 300 s
+    answers.elapsed = elapsed
+    [(_, fields, _)] = Plan(("bandwidth",)).build(answers)
+    assert fields["seconds"] == seconds
+    assert (fields["read_rate_max"], fields["written_rate_max"]) == (300, 600)
+    assert fields["read_rate_mean"] == sum(range(301 - seconds, 301)) / seconds
+
+
 def test_bandwidth_pairs_read_at_once_equal_reading_them_one_by_one():
     """_last_pairs reads well-formed "read,written" items with one regular expression; whatever tor (or
     a peer) sends, the numbers are those of reading each item alone, a malformed item left out."""

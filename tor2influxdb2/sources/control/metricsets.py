@@ -24,6 +24,7 @@ fingerprint`` (551 on a client) and ``GETCONF BridgeRelay``, only when a set nee
 from __future__ import annotations
 
 import calendar
+import json
 import re
 import time
 from typing import Callable
@@ -284,7 +285,9 @@ _STATUS_FIELDS = Memo(_status_fields)
 def _status(a: Answers) -> Built:
     v = a.values
     get = v.get
-    uptime = parse_int(get("uptime"))
+    text = get("uptime")  # the common case inline (as in _core): a plain decimal of at most 18 digits
+    uptime = int(text) if text is not None and 0 < len(text) <= 18 and text.isdigit() and text.isascii() \
+        else parse_int(text)
     rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]  # the same object while tor's answers are the same
     if uptime is None:
         return [("status", rest, ())] if rest else []
@@ -347,27 +350,34 @@ def _bandwidth(a: Answers) -> Built:
     text = a.values.get("bw-event-cache") or ""
     if not text:
         return []
-    wanted = 300 if a.elapsed is None else max(1, min(300, round(a.elapsed)))
+    elapsed = a.elapsed
+    wanted = 300 if elapsed is None or elapsed >= 300 else round(elapsed) if elapsed >= 1 else 1
     reads, writes = _last_pairs(text, wanted)  # only the seconds since the last poll are read
-    if not reads:
+    n = len(reads)
+    if not n:
         return []
     return [("bandwidth", {"read_rate_max": max(reads), "written_rate_max": max(writes),
-                           "read_rate_mean": sum(reads) / len(reads), "written_rate_mean": sum(writes) / len(writes),
-                           "seconds": len(reads)}, ())]
+                           "read_rate_mean": sum(reads) / n, "written_rate_mean": sum(writes) / n, "seconds": n}, ())]
 
 
 _PAIRS_RE = re.compile(r"[0-9]{1,18},[0-9]{1,18}(?: [0-9]{1,18},[0-9]{1,18})*")
+_JSON = json.JSONDecoder()
 
 
 def _last_pairs(text: str, wanted: int) -> tuple[list[int], list[int]]:
     """The read and written numbers of the last `wanted` of the space-separated "read,written" items
     of `text`; an item that is not two integers is left out. (The common case at once: every item
-    two plain decimals of at most 18 digits, checked by one regular expression, not one by one.)"""
+    two plain decimals of at most 18 digits, checked by one regular expression and converted by
+    json's reader, not one by one.)"""
     items = text.rsplit(" ", wanted)[-wanted:]
     joined = " ".join(items)  # (items hold no space: the text's tail)
     if _PAIRS_RE.fullmatch(joined):
-        numbers = list(map(int, joined.replace(" ", ",").split(",")))
-        return numbers[0::2], numbers[1::2]
+        try:  # the numbers as one JSON array: json's reader converts them without a call each
+            numbers = _JSON.raw_decode("[" + joined.replace(" ", ",") + "]")[0]
+        except ValueError:  # a number with a leading zero is not JSON: item by item, below
+            pass
+        else:
+            return numbers[0::2], numbers[1::2]
     reads, writes = [], []
     for item in items:
         read, _, written = item.partition(",")

@@ -108,6 +108,10 @@ def test_non_finite_floats_are_left_out_and_a_line_without_fields_is_none():
     encoder = LineEncoder()
     assert encoder.encode(Sample("m", (("host", "h"),), {"a": float("nan"), "b": 1}, 5)) == "m,host=h b=1i 5"
     assert encoder.encode(Sample("m", (("host", "h"),), {"a": float("inf")}, 5)) is None
+    # two floats beside an integer (their template kept): a non-finite one is left out, at any poll
+    for c, line in ((2.5, "m,host=h a=1.5,b=1i,c=2.5 5"), (float("-inf"), "m,host=h a=1.5,b=1i 5"),
+                    (float("nan"), "m,host=h a=1.5,b=1i 5"), (0.25, "m,host=h a=1.5,b=1i,c=0.25 5")):
+        assert encoder.encode(Sample("m", (("host", "h"),), {"a": 1.5, "b": 1, "c": c}, 5)) == line
 
 
 @pytest.mark.parametrize("tags", [(("host", "a\\"),), (("host", "a\nb"),), (("ho\\st", "a"),)])

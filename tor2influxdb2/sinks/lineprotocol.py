@@ -99,8 +99,10 @@ class LineEncoder:
         return order
 
     def _template(self, names: tuple, types: tuple) -> tuple | None:
-        """(template, getter, conversions) of a field set: the fields sorted by name, each written as
-        its type is (%-placeholders); None for a set with a value of another type (an int subclass...)."""
+        """(template, getter, conversions, floats) of a field set: the fields sorted by name, each written
+        as its type is (%-placeholders); None for a set with a value of another type (an int subclass...).
+        With strings or bools, `conversions` says which values _convert() changes; with only floats
+        beside integers, `floats` gets them from the getter's values (to check they are finite)."""
         if not all(t in _PLACEHOLDER for t in types):
             return None
         order = sorted(range(len(names)), key=names.__getitem__)
@@ -111,7 +113,10 @@ class LineEncoder:
         floats = tuple(j for j, i in enumerate(order) if types[i] is float)
         texts = tuple(j for j, i in enumerate(order) if types[i] is str)
         bools = tuple(j for j, i in enumerate(order) if types[i] is bool)
-        return template, getter, (floats, texts, bools) if floats or texts or bools else None
+        if texts or bools:
+            return template, getter, (floats, texts, bools), None
+        return template, getter, None, (itemgetter(*floats) if len(floats) > 1 else
+                                        (lambda values, j=floats[0]: (values[j],))) if floats else None
 
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
@@ -136,10 +141,12 @@ class LineEncoder:
             plan = self._templates[key] = self._template(*key) if fields else None
         line = None
         if plan is not None:
-            template, getter, conversions = plan
+            template, getter, conversions, floats = plan
             values = getter(fields)
             if conversions is not None:
                 values = _convert(values, *conversions)
+            elif floats is not None and not all(map(math.isfinite, floats(values))):
+                values = None
             if values is not None:
                 line = f"{self.prefix(sample.measurement, sample.tags)} {template % values} {sample.time_ms}"
         if line is None:

@@ -392,10 +392,11 @@ class ControlSession(LoopSession):
         """Whether accounting is on, from this poll's answer; when it was off at the last poll and is
         on now, the keys left out are asked at once (one more round trip, at that poll only)."""
         on = parse_bool(values.get("accounting/enabled")) == 1
-        missing = [k for k in ACCOUNTING_DETAIL_KEYS if k not in values and k not in self.unknown]
         self.accounting_on = on
-        if on and missing:
-            self._resend(("GETINFO " + " ".join(missing), self._on_accounting_details))
+        if on:
+            missing = [k for k in ACCOUNTING_DETAIL_KEYS if k not in values and k not in self.unknown]
+            if missing:
+                self._resend(("GETINFO " + " ".join(missing), self._on_accounting_details))
 
     def _on_accounting_details(self, reply: Reply) -> None:
         if reply.ok:

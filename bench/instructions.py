@@ -57,7 +57,9 @@ def count(args, sets: str, cycles: int, tmp: Path) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--daemon", default=str(ROOT / "tor_to_influxdb2.py"), help="the daemon's entry point")
-    p.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"), help="its interpreter")
+    venv = ROOT / ".venv" / "bin" / "python"  # (a snapshot without one: the Python running this script)
+    p.add_argument("--python", default=str(venv) if venv.exists() else sys.executable,
+                   help="its interpreter (default: the checkout's .venv, else this script's)")
     p.add_argument("--hosts", type=int, default=100, help="fake tors (default 100)")
     p.add_argument("--metric-sets", default="core;all",
                    help="METRIC_SETS values to count, separated by ';' (default core;all)")

@@ -285,9 +285,7 @@ _STATUS_FIELDS = Memo(_status_fields)
 def _status(a: Answers) -> Built:
     v = a.values
     get = v.get
-    text = get("uptime")  # the common case inline (as in _core): a plain decimal of at most 18 digits
-    uptime = int(text) if text is not None and 0 < len(text) <= 18 and text.isdigit() and text.isascii() \
-        else parse_int(text)
+    uptime = parse_int(get("uptime"))
     rest = _STATUS_FIELDS[tuple(map(get, _STATUS_KEYS))]  # the same object while tor's answers are the same
     if uptime is None:
         return [("status", rest, ())] if rest else []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from operator import itemgetter
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..model import ExtendedFields, FrozenFields, Sample
 
@@ -109,14 +109,13 @@ class LineEncoder:
         template = ",".join(_check(names[i]).translate(_KEY).replace("%", "%%") + "=" + _PLACEHOLDER[types[i]]
                             for i in order)
         sorted_names = [names[i] for i in order]
-        getter = itemgetter(*sorted_names) if len(order) > 1 else (lambda fields, name=names[0]: (fields[name],))
+        getter = _tuple_getter(sorted_names)
         floats = tuple(j for j, i in enumerate(order) if types[i] is float)
         texts = tuple(j for j, i in enumerate(order) if types[i] is str)
         bools = tuple(j for j, i in enumerate(order) if types[i] is bool)
         if texts or bools:
             return template, getter, (floats, texts, bools), None
-        return template, getter, None, (itemgetter(*floats) if len(floats) > 1 else
-                                        (lambda values, j=floats[0]: (values[j],))) if floats else None
+        return template, getter, None, _tuple_getter(floats) if floats else None
 
     def encode(self, sample: Sample) -> str | None:
         """One line, or None when no field can be written."""
@@ -213,6 +212,11 @@ class LineEncoder:
 
     def encode_all(self, samples: Iterable[Sample]) -> list[str]:
         return [line for line in map(self.encode, samples) if line is not None]
+
+
+def _tuple_getter(keys) -> Callable:
+    """itemgetter(*keys), but a tuple for one key too (itemgetter of one key returns the item)."""
+    return itemgetter(*keys) if len(keys) > 1 else (lambda items, key=keys[0]: (items[key],))
 
 
 def _field_text(key: str, value) -> str | None:

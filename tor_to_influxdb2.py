@@ -6,7 +6,8 @@ The daemon itself is the package tor2influxdb2 (see its __init__ for the layout)
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT, SIGHUP) or when -t polled every tor,
 1 when -t could not poll a tor, 2 for a configuration problem (every one listed on stderr) or a
-pinned requirement that is not installed (its name and the pip command), 70 for an internal error (a bug: one masked line on stderr, where it happened, never a traceback).
+pinned requirement that is not installed (its name and the pip command), 70 for an internal error
+(a bug: one masked line on stderr, where it happened, never a traceback).
 """
 
 from __future__ import annotations

@@ -61,3 +61,19 @@ def test_a_requirement_that_is_not_installed_is_named_with_the_pip_command_and_s
                          f"{sys.executable} (install the pinned requirements: pip install -r requirements.txt)")
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_the_requirements_named_are_those_requirements_txt_pins():
+    """Every package of requirements.txt is one the entry point can name when it is missing, by the
+    import names it provides (as installed here), so a new requirement cannot be reported as a bug."""
+    import importlib.metadata
+    import pathlib
+    import re
+    text = (pathlib.Path(tor_to_influxdb2.__file__).parent / "requirements.txt").read_text()
+    pinned = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+              for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    provides = importlib.metadata.packages_distributions()
+    named = {re.sub(r"[-_.]+", "-", pip).lower() for pip in tor_to_influxdb2.REQUIREMENTS.values()}
+    assert named == pinned
+    for module, pip in tor_to_influxdb2.REQUIREMENTS.items():
+        assert pip.lower() in {d.lower() for d in provides.get(module, [])}, (module, pip)

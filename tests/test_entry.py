@@ -69,11 +69,12 @@ def test_the_requirements_named_are_those_requirements_txt_pins():
     import importlib.metadata
     import pathlib
     import re
+    def canonical(name):  # a distribution's name as pip compares it (PEP 503)
+        return re.sub(r"[-_.]+", "-", name).lower()
     text = (pathlib.Path(tor_to_influxdb2.__file__).parent / "requirements.txt").read_text()
-    pinned = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
-              for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    pinned = {canonical(line.split("==")[0]) for line in text.splitlines() if line.strip() and not line.startswith("#")}
     provides = importlib.metadata.packages_distributions()
-    named = {re.sub(r"[-_.]+", "-", pip).lower() for pip in tor_to_influxdb2.REQUIREMENTS.values()}
+    named = {canonical(pip) for pip in tor_to_influxdb2.REQUIREMENTS.values()}
     assert named == pinned
     for module, pip in tor_to_influxdb2.REQUIREMENTS.items():
         assert pip.lower() in {d.lower() for d in provides.get(module, [])}, (module, pip)
